@@ -1,0 +1,35 @@
+# Fresh machine: `make demo` sets everything up and runs the main job; `make test` sets up and runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build pinned here; GPU users: `make setup TORCH_SPEC=` after installing their own CUDA torch in $(VENV).
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.atomfm-installed
+export OMP_NUM_THREADS ?= 1
+export WANDB_MODE ?= offline
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install --quiet "$(TORCH_SPEC)"; fi
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# real protein files (PDB/mmCIF/trajectories) for the demo corpus and tests; data only, so no deps
+	$(PY) -m pip install --quiet --no-deps 'MDAnalysisTests>=2.7'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/atomfm data demo --out data/demo --scale demo
+	$(VENV)/bin/atomfm data inspect data/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) data/demo .pytest_cache

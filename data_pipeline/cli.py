@@ -1,0 +1,57 @@
+"""`atomfm data ...`: ingest files into shards, inspect a corpus, build the demo corpus."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="build, inspect and stream sharded corpora")
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+
+    p = dsub.add_parser("ingest", help="read structure files, validate, label and write webdataset shards")
+    p.add_argument("inputs", nargs="+", help="files, folders or globs (extxyz, ASE db/aselmdb, PDB, mmCIF, CIF, SDF/MOL)")
+    p.add_argument("--out", required=True, help="corpus folder (shards + manifest.json)")
+    p.add_argument("--domain", choices=["molecule", "protein", "material"], default=None,
+                   help="domain of every input (default: inferred from the format)")
+    p.add_argument("--label", default="none",
+                   help="label generator: xtb, emt, amber14, chgnet, auto (by domain) or none (keep labels the files carry)")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
+    p.add_argument("--shard-size", type=int, default=1000, help="structures per shard")
+    p.add_argument("--workers", type=int, default=None, help="labelling processes (default: number of cores)")
+    p.add_argument("--source", default=None, help="name recorded as the source of these records")
+    p.add_argument("--protein-models", choices=["first", "all"], default="first",
+                   help="multi-model PDB/mmCIF files (NMR ensembles): first model only, or every model as a frame")
+    p.add_argument("--altloc", choices=["first", "occupancy"], default="occupancy",
+                   help="alternate locations: highest occupancy (default) or first listed")
+    p.add_argument("--keep-water", action="store_true", help="keep water molecules in protein files")
+    p.add_argument("--keep-ligands", action="store_true", help="keep hetero groups (ligands, ions) in protein files")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split hash")
+    p.add_argument("--split-fractions", default="0.9,0.05,0.05", help="train,val,test fractions")
+    p.set_defaults(func=_run("data_pipeline.ingest", "main"))
+
+    p = dsub.add_parser("inspect", help="print a corpus summary and verify shard checksums")
+    p.add_argument("corpus", help="corpus folder")
+    p.add_argument("--no-verify", action="store_true", help="skip sha256 verification of shards")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_run("data_pipeline.inspect_corpus", "main"))
+
+    p = dsub.add_parser("demo", help="build the three-domain demo corpus from real structures shipped in packages")
+    p.add_argument("--out", required=True, help="corpus folder")
+    p.add_argument("--scale", choices=["smoke", "demo", "full"], default="demo")
+    p.add_argument("--workers", type=int, default=None, help="labelling processes (default: number of cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run("data_pipeline.demo", "main"))
+
+    data.set_defaults(func=lambda args: data.print_help() or 0)
+
+
+def _run(module: str, name: str):
+    """Import the command's module only when it runs, so `atomfm --help` stays fast."""
+
+    def call(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), name)(args) or 0)
+
+    return call

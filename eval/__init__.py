@@ -1,0 +1,1 @@
+"""atomfm eval stage."""

@@ -1,0 +1,1 @@
+"""The `atomfm` command line and the launchers (torchrun, deepspeed, SLURM templates)."""

@@ -1,0 +1,46 @@
+"""`atomfm`: one command line for every stage. Each stage package contributes a command group."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (command group, module that defines `register(subparsers)`): a group whose module is missing is not shown.
+COMMAND_GROUPS: tuple[tuple[str, str], ...] = (
+    ("data", "data_pipeline.cli"),
+    ("model", "model.cli"),
+    ("train", "train.cli"),
+    ("export", "train.export_cli"),
+    ("eval", "eval.cli"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atomfm",
+        description="atomfm: build corpora, train and evaluate an SE(3)-equivariant atomistic foundation model.",
+    )
+    sub = parser.add_subparsers(dest="group", metavar="COMMAND")
+    for _name, module in COMMAND_GROUPS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name and module.startswith(err.name):
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.group is None else 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""atomfm train stage."""
