@@ -1,0 +1,127 @@
+"""Write structures into webdataset ``.tar`` shards, one shard at a time, atomically.
+
+A shard is written under a temporary name and renamed only when complete, so a crash never leaves a
+half shard that looks whole. Shard names: ``{source}-{domain}-{split}-{index:06d}.tar``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import webdataset as wds
+from ase.data import chemical_symbols
+
+from data_pipeline.manifest import ShardInfo
+from data_pipeline.sample_codec import encode_sample
+from data_pipeline.schema import Structure
+
+TMP_SUFFIX = ".tmp"
+
+
+def shard_name(source: str, domain: str, split: str, index: int) -> str:
+    return f"{source}-{domain}-{split}-{index:06d}.tar"
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ShardWriter:
+    """Writes the shards of one (source, domain, split) stream; ``on_shard`` is told of each finished shard.
+
+    >>> with ShardWriter(out, source="g2", domain="molecule", split="train", shard_size=500) as w:
+    ...     for s in structures:
+    ...         w.write(s)
+    """
+
+    def __init__(self, out_dir: str | Path, *, source: str, domain: str, split: str, shard_size: int,
+                 start_index: int = 0, on_shard: Callable[[ShardInfo], None] | None = None) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.source, self.domain, self.split = source, domain, split
+        self.shard_size = shard_size
+        self.index = start_index
+        self.on_shard = on_shard
+        self.finished: list[ShardInfo] = []
+        self._tar: wds.TarWriter | None = None
+        self._tmp: Path | None = None
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        self._natoms: list[int] = []
+        self._elements: Counter = Counter()
+        self._levels: Counter = Counter()
+        self._labels: Counter = Counter()
+
+    def _open(self) -> None:
+        final = self.out_dir / shard_name(self.source, self.domain, self.split, self.index)
+        self._tmp = final.with_name(final.name + TMP_SUFFIX)
+        self._tar = wds.TarWriter(str(self._tmp))
+
+    def write(self, s: Structure) -> None:
+        if s.domain != self.domain or s.split != self.split:
+            raise ValueError(f"{s.key}: ({s.domain}, {s.split}) written to a ({self.domain}, {self.split}) shard")
+        if self._tar is None:
+            self._open()
+        self._tar.write(encode_sample(s, f"{len(self._natoms):09d}"))
+        self._natoms.append(s.num_atoms)
+        self._elements.update(chemical_symbols[int(z)] for z in s.atomic_numbers)
+        self._levels[s.level_of_theory] += 1
+        for name in ("energy", "forces", "stress"):
+            if getattr(s, name) is not None:
+                self._labels[name] += 1
+        if len(self._natoms) >= self.shard_size:
+            self._finish()
+
+    def _finish(self) -> None:
+        assert self._tar is not None and self._tmp is not None
+        self._tar.close()
+        with open(self._tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        final = self._tmp.with_name(self._tmp.name[: -len(TMP_SUFFIX)])
+        info = ShardInfo(
+            path=final.name, domain=self.domain, split=self.split, source=self.source,
+            num_samples=len(self._natoms), num_atoms=sum(self._natoms), natoms=list(self._natoms),
+            elements=dict(self._elements), levels_of_theory=dict(self._levels), labels=dict(self._labels),
+            bytes=self._tmp.stat().st_size, sha256=sha256_of(self._tmp),
+        )
+        os.replace(self._tmp, final)
+        self._tar, self._tmp = None, None
+        self._reset_stats()
+        self.index += 1
+        self.finished.append(info)
+        if self.on_shard is not None:
+            self.on_shard(info)
+
+    def close(self) -> list[ShardInfo]:
+        """Finish the last (partial) shard; returns every shard this writer finished."""
+        if self._tar is not None and self._natoms:
+            self._finish()
+        return self.finished
+
+    def abort(self) -> None:
+        """Drop the shard in progress (its temporary file), keeping the finished ones."""
+        if self._tar is not None:
+            self._tar.close()
+            if self._tmp is not None:
+                self._tmp.unlink(missing_ok=True)
+        self._tar, self._tmp = None, None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
