@@ -20,6 +20,8 @@ from data_pipeline.sample_codec import encode_sample
 from data_pipeline.schema import Structure
 
 TMP_SUFFIX = ".tmp"
+# Tar member timestamps are fixed so that the same records always give byte-identical shards (same sha256).
+MEMBER_MTIME = 0.0
 
 
 def shard_name(source: str, domain: str, split: str, index: int) -> str:
@@ -42,8 +44,17 @@ class ShardWriter:
     ...         w.write(s)
     """
 
-    def __init__(self, out_dir: str | Path, *, source: str, domain: str, split: str, shard_size: int,
-                 start_index: int = 0, on_shard: Callable[[ShardInfo], None] | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        source: str,
+        domain: str,
+        split: str,
+        shard_size: int,
+        start_index: int = 0,
+        on_shard: Callable[[ShardInfo], None] | None = None,
+    ) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.out_dir = Path(out_dir)
@@ -66,11 +77,13 @@ class ShardWriter:
     def _open(self) -> None:
         final = self.out_dir / shard_name(self.source, self.domain, self.split, self.index)
         self._tmp = final.with_name(final.name + TMP_SUFFIX)
-        self._tar = wds.TarWriter(str(self._tmp))
+        self._tar = wds.TarWriter(str(self._tmp), mtime=MEMBER_MTIME)
 
     def write(self, s: Structure) -> None:
         if s.domain != self.domain or s.split != self.split:
-            raise ValueError(f"{s.key}: ({s.domain}, {s.split}) written to a ({self.domain}, {self.split}) shard")
+            raise ValueError(
+                f"{s.key}: ({s.domain}, {s.split}) written to a ({self.domain}, {self.split}) shard"
+            )
         if self._tar is None:
             self._open()
         self._tar.write(encode_sample(s, f"{len(self._natoms):09d}"))
@@ -90,10 +103,18 @@ class ShardWriter:
             os.fsync(f.fileno())
         final = self._tmp.with_name(self._tmp.name[: -len(TMP_SUFFIX)])
         info = ShardInfo(
-            path=final.name, domain=self.domain, split=self.split, source=self.source,
-            num_samples=len(self._natoms), num_atoms=sum(self._natoms), natoms=list(self._natoms),
-            elements=dict(self._elements), levels_of_theory=dict(self._levels), labels=dict(self._labels),
-            bytes=self._tmp.stat().st_size, sha256=sha256_of(self._tmp),
+            path=final.name,
+            domain=self.domain,
+            split=self.split,
+            source=self.source,
+            num_samples=len(self._natoms),
+            num_atoms=sum(self._natoms),
+            natoms=list(self._natoms),
+            elements=dict(self._elements),
+            levels_of_theory=dict(self._levels),
+            labels=dict(self._labels),
+            bytes=self._tmp.stat().st_size,
+            sha256=sha256_of(self._tmp),
         )
         os.replace(self._tmp, final)
         self._tar, self._tmp = None, None
