@@ -1,0 +1,68 @@
+"""One :class:`Structure` as one torch_geometric ``Data`` graph, exactly the fields of ``docs/batch.md``."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+
+from data_pipeline.neighbours import radius_graph_pbc
+from data_pipeline.schema import Structure
+from data_pipeline.vocab import domain_index, level_index
+
+HASH_MASK = (1 << 63) - 1
+
+
+def group_hash(group_id: str) -> int:
+    """Stable 63-bit hash of a group id (the same in every process and Python version)."""
+    digest = hashlib.blake2b(group_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & HASH_MASK
+
+
+def structure_to_graph(s: Structure, cutoff: float) -> Data:
+    """The graph of ``s`` under a neighbour-list cutoff (Å); per-structure fields have a leading dimension 1.
+
+    A structure without a group id is its own group (its key is hashed). ``cell`` is zero when no direction is
+    periodic; absent labels are zeros with ``has_*`` false.
+    """
+    n = s.num_atoms
+    edge_index, shifts = radius_graph_pbc(s.positions, s.cell, s.pbc, cutoff)
+    periodic = s.is_periodic
+    cell = np.asarray(s.cell, dtype=np.float32) if periodic else np.zeros((3, 3), dtype=np.float32)
+    forces = (
+        np.zeros((n, 3), dtype=np.float32) if s.forces is None else np.asarray(s.forces, dtype=np.float32)
+    )
+    stress = (
+        np.zeros((3, 3), dtype=np.float32) if s.stress is None else np.asarray(s.stress, dtype=np.float32)
+    )
+    residue = s.per_atom.get("residue_index")
+    residue_id = torch.full((n,), -1, dtype=torch.int64) if residue is None else _long(residue)
+    return Data(
+        z=_long(s.atomic_numbers),
+        pos=torch.from_numpy(np.asarray(s.positions, dtype=np.float32).copy()),
+        natoms=torch.tensor([n], dtype=torch.int64),
+        cell=torch.from_numpy(cell.copy()).reshape(1, 3, 3),
+        pbc=torch.from_numpy(np.asarray(s.pbc, dtype=bool).copy()).reshape(1, 3),
+        edge_index=edge_index,
+        cell_offsets=shifts.to(torch.float32),
+        charge=torch.tensor([s.charge], dtype=torch.int64),
+        spin=torch.tensor([s.spin], dtype=torch.int64),
+        level_of_theory=torch.tensor([level_index(s.level_of_theory)], dtype=torch.int64),
+        domain=torch.tensor([domain_index(s.domain)], dtype=torch.int64),
+        energy=torch.tensor([0.0 if s.energy is None else s.energy], dtype=torch.float32),
+        forces=torch.from_numpy(forces.copy()),
+        stress=torch.from_numpy(stress.copy()).reshape(1, 3, 3),
+        has_energy=torch.tensor([s.energy is not None]),
+        has_forces=torch.tensor([s.forces is not None]),
+        has_stress=torch.tensor([s.stress is not None]),
+        residue_id=residue_id,
+        group_hash=torch.tensor([group_hash(s.group_id or s.key)], dtype=torch.int64),
+        key=s.key,
+        num_nodes=n,
+    )
+
+
+def _long(values: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(values).astype(np.int64))

@@ -1,0 +1,505 @@
+"""The stream: webdataset shards in, packed torch_geometric batches out, resumable at the exact next batch.
+
+Per rank there are ``max(1, num_workers)`` readers (DataLoader worker processes, or the main process when
+``num_workers=0``). Each reader follows its sample plan (``data_pipeline.stream_plan``: shard and sample
+split, shuffle buffer, domain mix, packing by atoms, all from the manifest and the seed), fetches the raw
+samples (``data_pipeline.shard_reader``), decodes them, builds each graph with its neighbour list, splits a
+batch further when it breaks ``max_edges``, and hands batches over with a report: its position in the plan
+and what it skipped. The main process delivers batches in a fixed round-robin order over the readers,
+whatever order the worker processes finish in, and keeps the positions and counts; that is the state.
+Resuming replays each reader's plan (no shard is read for that) and continues with the next batch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import os
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch_geometric.data import Batch, Data
+
+from data_pipeline.graph import structure_to_graph
+from data_pipeline.mixing import domain_probabilities
+from data_pipeline.packing import pack_by_atoms
+from data_pipeline.sample_codec import decode_sample
+from data_pipeline.schema import BadInputError
+from data_pipeline.shard_reader import ShardReader
+from data_pipeline.stream_plan import (
+    ReaderSlot,
+    SamplePlan,
+    SampleRef,
+    ShardEntry,
+    load_shard_table,
+    shard_reads_in_epoch,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "atomfm-stream-state"
+STATE_VERSION = 1
+LOGGED_KEYS = 100
+
+
+@dataclass
+class StreamConfig:
+    """Stream settings; ``from_dict`` (e.g. a YAML section) rejects unknown keys by name."""
+
+    corpus: list[str]  # corpus folders, each with a manifest.json
+    split: str = "train"
+    domain_weights: dict[str, float] | None = None  # per-structure mix; None: temperature over corpus sizes
+    temperature: float = 1.0  # p_d ∝ n_d^(1/T)
+    max_atoms: int = 2048  # per batch; a larger structure gets a batch of its own (or is skipped, below)
+    max_edges: int | None = None
+    max_structures: int | None = None
+    cutoff: float = 6.0  # Å, neighbour-list cutoff
+    shuffle_buffer: int = 1000  # samples per domain and reader
+    seed: int = 0
+    repeat: bool = True  # endless (a new shuffle every pass) vs one pass (every sample exactly once)
+    num_workers: int = 2  # DataLoader worker processes per rank (0: read in the main process)
+    skip_oversize: bool = False  # drop structures over max_atoms / max_edges instead of batching them alone
+
+    def __post_init__(self) -> None:
+        if isinstance(self.corpus, str | os.PathLike):
+            self.corpus = [self.corpus]
+        if not isinstance(self.corpus, list | tuple) or not self.corpus:
+            raise BadInputError("expected a corpus folder or a non-empty list of them", field="corpus")
+        self.corpus = [os.fspath(c) for c in self.corpus]
+        _require(isinstance(self.split, str) and self.split != "", "split", "expected a split name")
+        if self.domain_weights is not None:
+            _require(isinstance(self.domain_weights, Mapping), "domain_weights", "expected {domain: weight}")
+            for name, weight in self.domain_weights.items():
+                _require(_is_number(weight), f"domain_weights.{name}", f"expected a number, got {weight!r}")
+            self.domain_weights = {str(k): float(v) for k, v in self.domain_weights.items()}
+        _require(_is_number(self.temperature) and self.temperature > 0, "temperature", "must be > 0")
+        _require(_is_number(self.cutoff) and self.cutoff > 0, "cutoff", "must be > 0 Å")
+        for name, minimum in (("max_atoms", 1), ("shuffle_buffer", 0), ("seed", 0), ("num_workers", 0)):
+            value = getattr(self, name)
+            _require(
+                _is_int(value) and value >= minimum, name, f"expected an integer >= {minimum}, got {value!r}"
+            )
+        for name in ("max_edges", "max_structures"):
+            value = getattr(self, name)
+            _require(
+                value is None or (_is_int(value) and value >= 1),
+                name,
+                f"expected null or >= 1, got {value!r}",
+            )
+        for name in ("repeat", "skip_oversize"):
+            _require(isinstance(getattr(self, name), bool), name, "expected true or false")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str | None = None) -> StreamConfig:
+        """Settings from a mapping; ``source`` (the config file) is named in every error."""
+        known = [f.name for f in fields(cls)]
+        for key in d:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known options: {', '.join(known)}"
+                raise BadInputError(f"unknown stream option {key!r}; {hint}", path=source, field=str(key))
+        if "corpus" not in d:
+            raise BadInputError("missing: the corpus folder(s) to stream", path=source, field="corpus")
+        try:
+            return cls(**d)
+        except BadInputError as err:
+            raise BadInputError(err.reason, path=source, field=err.field) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StreamStats:
+    """What a rank's stream delivered and skipped; worker processes' counts included."""
+
+    batches: int = 0
+    structures: int = 0
+    atoms: int = 0
+    edges: int = 0
+    oversize: int = 0  # structures over max_atoms or max_edges (batched alone, or skipped with skip_oversize)
+    skipped_samples: dict[str, int] = field(default_factory=dict)  # reason -> count
+    skipped_shards: int = 0  # damaged shards (tar errors, truncation) that cost this rank samples
+    skipped_keys: list[str] = field(default_factory=list)  # "shard#member (key)" of the latest skips
+
+    def skip(self, reason: str, where: str) -> None:
+        self.skipped_samples[reason] = self.skipped_samples.get(reason, 0) + 1
+        self.skipped_keys = [*self.skipped_keys, where][-LOGGED_KEYS:]
+
+    def add(self, other: StreamStats) -> None:
+        for name in ("batches", "structures", "atoms", "edges", "oversize", "skipped_shards"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for reason, n in other.skipped_samples.items():
+            self.skipped_samples[reason] = self.skipped_samples.get(reason, 0) + n
+        self.skipped_keys = [*self.skipped_keys, *other.skipped_keys][-LOGGED_KEYS:]
+
+    def count(self, batch: Batch) -> None:
+        self.batches += 1
+        self.structures += batch.num_graphs
+        self.atoms += batch.num_nodes
+        self.edges += batch.edge_index.shape[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StreamStats:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass
+class _ReaderReport:
+    """Sent with each batch: the reader's position after it and what it skipped on the way."""
+
+    reader: int
+    progress: tuple[int, int]  # (planned batches finished, edge-split parts of the next one delivered)
+    done: bool
+    stats: StreamStats
+
+
+class StructureStream:
+    """Iterable of torch_geometric ``Batch`` objects (fields in ``docs/batch.md``) for one rank.
+
+    ``rank`` and ``world_size`` default to torch.distributed's when a process group is initialised, else
+    0 and 1. ``state_dict()`` is per rank: save each rank's. ``stats`` counts what this rank delivered and
+    skipped. With ``repeat=False`` each ``iter()`` is one epoch (the next one after a complete pass).
+    """
+
+    def __init__(self, cfg: StreamConfig, rank: int | None = None, world_size: int | None = None) -> None:
+        self.cfg = cfg
+        self.rank, self.world_size = _resolve_rank(rank, world_size)
+        self.table: list[ShardEntry] = load_shard_table(cfg.corpus, cfg.split)
+        sizes: Counter = Counter()
+        for entry in self.table:
+            sizes[entry.domain] += entry.num_samples
+        try:
+            self.probabilities = domain_probabilities(sizes, cfg.domain_weights, cfg.temperature)
+        except ValueError as err:
+            raise BadInputError(str(err), field="domain_weights") from None
+        self.stats = StreamStats()
+        self.epoch = 0
+        self._start_epoch()
+        slots = self.world_size * self.num_readers
+        split_by = {
+            d: "shard" if sum(e.domain == d for e in self.table) >= slots else "sample"
+            for d, p in self.probabilities.items()
+            if p > 0
+        }
+        log.info(
+            "stream over %d shards: p=%s, rank %d/%d, %d readers, split by %s",
+            len(self.table),
+            {d: round(p, 4) for d, p in self.probabilities.items()},
+            self.rank,
+            self.world_size,
+            self.num_readers,
+            split_by,
+        )
+
+    @property
+    def num_readers(self) -> int:
+        """Readers per rank: the DataLoader workers, or the main process alone."""
+        return max(1, self.cfg.num_workers)
+
+    def structures_per_epoch(self) -> int:
+        """Structures this rank reads in one pass over its share (before skips), from the manifest alone."""
+        slots = self.world_size * self.num_readers
+        return sum(
+            len(read.members)
+            for reader in range(self.num_readers)
+            for domain, p in self.probabilities.items()
+            if p > 0
+            for read in shard_reads_in_epoch(
+                self.table,
+                domain,
+                self.epoch,
+                self.cfg.seed,
+                ReaderSlot(self.rank * self.num_readers + reader, slots),
+            )
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        readers = _Readers(
+            self.cfg,
+            self.table,
+            self.probabilities,
+            rank=self.rank,
+            world_size=self.world_size,
+            epoch=self.epoch,
+            progress=list(self._progress),
+            done=list(self._done),
+        )
+        if self.cfg.num_workers == 0:
+            reports: Iterator[tuple[Batch | None, _ReaderReport]] = readers.reports(0)
+        else:
+            loader = DataLoader(
+                readers, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_as_sent
+            )
+            reports = iter(loader)
+        yield from self._in_reader_order(reports)
+
+    def _in_reader_order(self, reports: Iterator[tuple[Batch | None, _ReaderReport]]) -> Iterator[Batch]:
+        """Round robin over the readers from ``_next_reader``, whatever order the workers deliver in."""
+        waiting: dict[int, deque] = {k: deque() for k in range(self.num_readers)}
+        while not all(self._done):
+            k = self._next_reader
+            while not waiting[k]:
+                try:
+                    batch, report = next(reports)
+                except StopIteration:
+                    raise RuntimeError(
+                        f"stream reader {k} of rank {self.rank} stopped before its end"
+                    ) from None
+                waiting[report.reader].append((batch, report))
+            batch, report = waiting[k].popleft()
+            self._progress[k] = report.progress
+            self._done[k] = report.done
+            self.stats.add(report.stats)
+            self._next_reader = self._reader_after(k)
+            if batch is not None:
+                self.stats.count(batch)
+                yield batch
+        if self.cfg.repeat:
+            log.warning("rank %d has no samples to repeat: its readers' shares are empty", self.rank)
+            return
+        self.epoch += 1
+        self._start_epoch()
+
+    def _reader_after(self, k: int) -> int:
+        for step in range(1, self.num_readers + 1):
+            j = (k + step) % self.num_readers
+            if not self._done[j]:
+                return j
+        return k
+
+    def _start_epoch(self) -> None:
+        self._progress: list[tuple[int, int]] = [(0, 0)] * self.num_readers
+        self._done: list[bool] = [False] * self.num_readers
+        self._next_reader = 0
+
+    def _setup(self) -> dict[str, Any]:
+        """Everything the batch sequence depends on; resuming exactly needs all of it unchanged."""
+        shards = hashlib.sha256(
+            "\n".join(f"{e.name} {e.num_samples} {e.sha256}" for e in self.table).encode()
+        ).hexdigest()
+        c = self.cfg
+        return {
+            "shards": shards,
+            "split": c.split,
+            "probabilities": self.probabilities,
+            "seed": c.seed,
+            "repeat": c.repeat,
+            "max_atoms": c.max_atoms,
+            "max_edges": c.max_edges,
+            "max_structures": c.max_structures,
+            "cutoff": c.cutoff,
+            "shuffle_buffer": c.shuffle_buffer,
+            "skip_oversize": c.skip_oversize,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "readers": self.num_readers,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's position (after the last delivered batch) and counts; plain JSON-able values."""
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "setup": self._setup(),
+            "epoch": self.epoch,
+            "next_reader": self._next_reader,
+            "progress": [list(p) for p in self._progress],
+            "done": list(self._done),
+            "stats": self.stats.to_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
+        """Continue after the batch the state was saved at: the next batches equal an uninterrupted run's.
+
+        That needs the same corpus, settings, rank, world size and reader count; otherwise a ValueError names
+        what changed, or with ``strict=False`` (e.g. an elastic restart on another world size) a warning,
+        and the saved epoch starts again from its beginning with the new layout.
+        """
+        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"not an atomfm stream state (format {state.get('format')!r}, version {state.get('version')!r})"
+            )
+        saved, now = state["setup"], self._setup()
+        changed = [
+            f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in now if saved.get(k) != now.get(k)
+        ]
+        self.stats = StreamStats.from_dict(state["stats"])
+        self.epoch = int(state["epoch"])
+        if changed:
+            message = "the stream state was saved under other settings; " + "; ".join(changed)
+            if strict:
+                raise ValueError(message + " (load with strict=False to restart the saved epoch)")
+            log.warning("%s: restarting epoch %d from its beginning", message, self.epoch)
+            self._start_epoch()
+            return
+        self._progress = [(int(p), int(s)) for p, s in state["progress"]]
+        self._done = [bool(d) for d in state["done"]]
+        self._next_reader = int(state["next_reader"])
+
+
+class _Readers(IterableDataset):
+    """What each reader runs (in a DataLoader worker, or in the main process with ``num_workers=0``)."""
+
+    def __init__(
+        self,
+        cfg: StreamConfig,
+        table: list[ShardEntry],
+        probabilities: dict[str, float],
+        *,
+        rank: int,
+        world_size: int,
+        epoch: int,
+        progress: list[tuple[int, int]],
+        done: list[bool],
+    ) -> None:
+        self.cfg, self.table, self.probabilities = cfg, table, probabilities
+        self.rank, self.world_size, self.epoch = rank, world_size, epoch
+        self.progress, self.done = progress, done
+
+    def __iter__(self) -> Iterator[tuple[Batch | None, _ReaderReport]]:
+        info = get_worker_info()
+        return self.reports(0 if info is None else info.id)
+
+    def reports(self, reader: int) -> Iterator[tuple[Batch | None, _ReaderReport]]:
+        """Batches with reports, from this reader's saved position; ends with a report marked done."""
+        if self.done[reader]:
+            return
+        readers = len(self.progress)
+        plan = SamplePlan(
+            self.table,
+            self.probabilities,
+            slot=ReaderSlot(self.rank * readers + reader, self.world_size * readers),
+            epoch=self.epoch,
+            repeat=self.cfg.repeat,
+            seed=self.cfg.seed,
+            shuffle_buffer=self.cfg.shuffle_buffer,
+            max_atoms=self.cfg.max_atoms,
+            max_structures=self.cfg.max_structures,
+        )
+        start, start_part = self.progress[reader]
+        planned = iter(plan)
+        for replayed in range(start):
+            if next(planned, None) is None:
+                raise ValueError(
+                    f"reader {reader}: the saved position ({start} batches) is past its plan ({replayed})"
+                )
+        fetch = ShardReader(
+            self.table,
+            {d: plan.reads(d) for d in plan.probabilities},
+            cursor=dict(plan.cursor),
+            outstanding={d: set(seqs) for d, seqs in plan.outstanding.items()},
+        )
+        finished = start
+        for position, refs in enumerate(planned, start=start):
+            parts, stats = self._graphs(refs, fetch)
+            first = start_part if position == start else 0
+            if first:
+                stats = StreamStats()  # counted before the state was saved
+            finished = position + 1
+            if not parts:
+                yield None, _ReaderReport(reader, (finished, 0), False, stats)
+                continue
+            for part in range(first, len(parts)):
+                after = (finished, 0) if part == len(parts) - 1 else (position, part + 1)
+                yield Batch.from_data_list(parts[part]), _ReaderReport(reader, after, False, stats)
+                stats = StreamStats()
+        yield None, _ReaderReport(reader, (finished, 0), True, StreamStats())
+
+    def _graphs(self, refs: list[SampleRef], fetch: ShardReader) -> tuple[list[list[Data]], StreamStats]:
+        """Graphs of one planned batch, split into parts under ``max_edges``, and what was skipped."""
+        cfg, stats, graphs = self.cfg, StreamStats(), []
+        for ref in refs:
+            fetched = fetch.get(ref)
+            if ref.natoms > cfg.max_atoms:
+                stats.oversize += 1
+                if cfg.skip_oversize:
+                    stats.skip("oversize", fetched.where)
+                    continue
+            if fetched.raw is None:
+                stats.skip("missing", fetched.where)
+                if fetched.damaged_shard is not None:
+                    stats.skipped_shards += 1
+                continue
+            try:
+                s = decode_sample(fetched.raw, source=fetched.url)
+            except BadInputError as err:
+                log.warning("skipped sample %s: %s", fetched.where, err)
+                stats.skip("undecodable", f"{fetched.where} ({err.record})")
+                continue
+            if s.num_atoms != ref.natoms:
+                log.warning(
+                    "skipped %s (%s): %d atoms, manifest says %d",
+                    s.key,
+                    fetched.where,
+                    s.num_atoms,
+                    ref.natoms,
+                )
+                stats.skip("natoms_mismatch", f"{fetched.where} ({s.key})")
+                continue
+            try:
+                graphs.append(structure_to_graph(s, cfg.cutoff))
+            except (ValueError, RuntimeError) as err:
+                log.warning("skipped %s (%s): no neighbour list: %s", s.key, fetched.where, err)
+                stats.skip("no_graph", f"{fetched.where} ({s.key})")
+        if cfg.max_edges is None:
+            return ([graphs] if graphs else []), stats
+        parts = []
+        for part in pack_by_atoms(
+            graphs, cfg.max_atoms, natoms=_num_nodes, num_edges=_num_edges, max_edges=cfg.max_edges
+        ):
+            alone = part[0]
+            if len(part) == 1 and _num_edges(alone) > cfg.max_edges:
+                if alone.num_nodes <= cfg.max_atoms:  # not counted already as over max_atoms
+                    stats.oversize += 1
+                if cfg.skip_oversize:
+                    stats.skip("oversize", alone.key)
+                    continue
+            parts.append(part)
+        return parts, stats
+
+
+def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is None and world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+    if rank is None or world_size is None:
+        raise ValueError("give both rank and world_size, or neither (then torch.distributed's are used)")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    return rank, world_size
+
+
+def _as_sent(item: tuple[Batch | None, _ReaderReport]) -> tuple[Batch | None, _ReaderReport]:
+    """DataLoader collate function: the readers already send whole batches."""
+    return item
+
+
+def _num_nodes(graph: Data) -> int:
+    return graph.num_nodes
+
+
+def _num_edges(graph: Data) -> int:
+    return graph.edge_index.shape[1]
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise BadInputError(message, field=name)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
