@@ -98,8 +98,7 @@ def test_ase_images_carry_labels_charge_spin_and_domain_per_record(tmp_path, suf
     assert metal.level_of_theory == "other" and metal.group_id == "Cu"
     assert h2o.cell is None and h2o.energy is None and h2o.level_of_theory == "none" and h2o.group_id == "H2O"
     assert_close(h2o.positions, water.positions, atol=1e-6, rtol=0)
-    if suffix != ".traj":  # a trajectory stores no atoms.info
-        assert (oh.charge, oh.spin) == (-1, 1)
+    assert (oh.charge, oh.spin) == (-1, 1)
 
 
 def test_ase_json_database_matches_the_raw_json():
@@ -608,14 +607,17 @@ def test_missing_file_unknown_suffix_and_compressed_database_are_refused_at_once
 
 
 def test_compressed_text_formats_read_like_plain_ones(tmp_path):
-    for name in ("nmr_neopetrosiamide.pdb", "4E43.pdb"):
-        assert f".{name.split('.')[-1]}.bz2" in supported_suffixes()
+    assert {".cif.gz", ".sdf.bz2", ".xyz.xz"} <= set(supported_suffixes())
+    assert ".traj.gz" not in supported_suffixes()
     packed = tmp_path / "1YJP.cif.bz2"
     packed.write_bytes(bz2.compress((MDA / "mmcif" / "1YJP.cif").read_bytes()))
+
     (plain,) = read_all(MDA / "mmcif" / "1YJP.cif")
-    (unpacked,) = read_all(packed)
-    assert unpacked.key == plain.key == "1YJP/0"
-    assert_close(unpacked.positions, plain.positions)
+    for path in (MDA / "mmcif" / "1YJP.cif.gz", packed):
+        (unpacked,) = read_all(path)
+        assert unpacked.key == plain.key == "1YJP/0"
+        np.testing.assert_array_equal(unpacked.atomic_numbers, plain.atomic_numbers)
+        assert_close(unpacked.positions, plain.positions)
 
 
 def test_corrupt_gzip_is_bad_input(tmp_path):
@@ -624,13 +626,21 @@ def test_corrupt_gzip_is_bad_input(tmp_path):
     assert_names(bad_input(path), path, "broken/0", "contents")
 
 
-def test_infer_domain_by_format_and_periodicity():
+def test_infer_domain_by_format_and_periodicity(tmp_path):
     assert infer_domain(MDA / "4E43.pdb") == "protein"
     assert infer_domain(MDA / "mmcif" / "1YJP.cif") == "protein"
     assert infer_domain(NISB) == "material"
     assert infer_domain(CDK2) == "molecule"
     assert infer_domain(COLLECTIONS / "g2.json") == "molecule"
     assert infer_domain(COLLECTIONS / "dcdft.json") == "material"
+    disordered = write_nisb(tmp_path, "Ni1 Ni3+ 2 a 0. 0. 0. 0.5 0 d\nCo1 Co3+ 2 a 0. 0. 0. 0.5 0 d\n")
+    assert infer_domain(disordered) == "material"  # the format tells, even where the record is bad
+
+
+def test_infer_domain_refuses_a_cif_that_is_neither_mmcif_nor_crystal(tmp_path):
+    path = tmp_path / "no_cell.cif"
+    path.write_text(NISB.read_text().replace("_cell_length_a", "_cell_length_x"))
+    assert_names(pytest.raises(BadInputError, infer_domain, path).value, path, "no_cell", "_cell_length_a")
 
 
 def test_domain_and_source_can_be_given():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data_pipeline.readers.ase_formats import read_ase_database, read_ase_images
-from data_pipeline.readers.cif import read_cif
+from data_pipeline.readers.cif import cif_domain, read_cif
 from data_pipeline.readers.molecules import read_sdf
 from data_pipeline.readers.options import ReaderOptions
 from data_pipeline.readers.proteins import read_mmcif, read_pdb
@@ -29,28 +29,45 @@ log = logging.getLogger(__name__)
 Reader = Callable[[InputFile], Iterator[Structure | BadInputError]]
 
 
+def first_record_domain(f: InputFile) -> str:
+    """Domain of the first record a file yields (before validation, so a NaN coordinate does not matter)."""
+    for item in READERS[f.suffix].read(f):
+        if isinstance(item, BadInputError):
+            raise item
+        return item.domain
+    raise f.error(
+        f"no records: the file is empty or not a {f.suffix} file", record=f.source, field="contents"
+    )
+
+
+def always(domain: str) -> Callable[[InputFile], str]:
+    """The domain of a format whose every record is of one domain."""
+    return lambda f: domain
+
+
 @dataclass(frozen=True)
 class FileFormat:
-    """A reader, and whether it can read the file through a compression suffix."""
+    """A reader, how a file's domain is told, and whether the file can be read through compression."""
 
     read: Reader
+    domain: Callable[[InputFile], str]
     compressible: bool = True
 
 
 READERS: dict[str, FileFormat] = {
-    ".xyz": FileFormat(read_ase_images),
-    ".extxyz": FileFormat(read_ase_images),
-    ".traj": FileFormat(read_ase_images, compressible=False),
-    ".db": FileFormat(read_ase_database, compressible=False),
-    ".json": FileFormat(read_ase_database, compressible=False),
-    ".aselmdb": FileFormat(read_ase_database, compressible=False),
-    ".pdb": FileFormat(read_pdb),
-    ".ent": FileFormat(read_pdb),
-    ".cif": FileFormat(read_cif),
-    ".mmcif": FileFormat(read_mmcif),
-    ".pdbx": FileFormat(read_mmcif),
-    ".sdf": FileFormat(read_sdf),
-    ".mol": FileFormat(read_sdf),
+    ".xyz": FileFormat(read_ase_images, first_record_domain),
+    ".extxyz": FileFormat(read_ase_images, first_record_domain),
+    ".traj": FileFormat(read_ase_images, first_record_domain, compressible=False),
+    ".db": FileFormat(read_ase_database, first_record_domain, compressible=False),
+    ".json": FileFormat(read_ase_database, first_record_domain, compressible=False),
+    ".aselmdb": FileFormat(read_ase_database, first_record_domain, compressible=False),
+    ".pdb": FileFormat(read_pdb, always("protein")),
+    ".ent": FileFormat(read_pdb, always("protein")),
+    ".cif": FileFormat(read_cif, cif_domain),
+    ".mmcif": FileFormat(read_mmcif, always("protein")),
+    ".pdbx": FileFormat(read_mmcif, always("protein")),
+    ".sdf": FileFormat(read_sdf, always("molecule")),
+    ".mol": FileFormat(read_sdf, always("molecule")),
 }
 
 
@@ -88,13 +105,15 @@ def read_structures(
 
 
 def infer_domain(path: str | Path) -> str:
-    """The domain of a file's first record.
+    """The domain a file's records have, told from its format.
 
-    PDB/mmCIF → ``protein``; crystal CIF → ``material``; SDF/MOL → ``molecule``; XYZ/ASE formats →
-    ``material`` when periodic, else ``molecule`` (decided per record when reading, so a file mixing
-    both gives both). Raises :class:`BadInputError` when that record is bad or the file has none.
+    PDB/mmCIF → ``protein``; crystal CIF (a ``.cif`` with a cell) → ``material``; SDF/MOL → ``molecule``;
+    XYZ/ASE formats → ``material`` when the first record is periodic, else ``molecule`` (reading decides
+    per record, so a file mixing both gives both). Raises :class:`BadInputError` for a missing file, an
+    unsupported suffix, or a file whose format cannot tell (an unparsable first image, a CIF with neither).
     """
-    return next(read_structures(path)).domain
+    f = _open(path, ReaderOptions(), None)
+    return READERS[f.suffix].domain(f)
 
 
 def _open(path: str | Path, options: ReaderOptions, source: str | None) -> InputFile:

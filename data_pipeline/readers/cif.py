@@ -15,10 +15,20 @@ from data_pipeline.readers.sources import InputFile
 from data_pipeline.schema import BadInputError, Structure
 
 MMCIF_ATOM_SITE = re.compile(r"^_atom_site\.", re.MULTILINE)
+CRYSTAL_CELL = re.compile(r"^_cell_length_a\s", re.MULTILINE)
 
 
 def is_mmcif(text: str) -> bool:
     return MMCIF_ATOM_SITE.search(text) is not None
+
+
+def cif_domain(f: InputFile) -> str:
+    """``protein`` for mmCIF, ``material`` for a crystal CIF (one with a cell)."""
+    if is_mmcif(f.text):
+        return "protein"
+    if CRYSTAL_CELL.search(f.text):
+        return "material"
+    raise f.error("neither mmCIF atom sites nor a crystal cell", record=f.source, field="_cell_length_a")
 
 
 def read_cif(f: InputFile) -> Iterator[Structure | BadInputError]:
