@@ -1,0 +1,117 @@
+"""Equivariant graph attention: SO(2)-convolution messages in each edge's frame, attention from invariants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from model.activation import GateActivation
+from model.so2_conv import SO2Convolution
+from model.so3 import CoefficientLayout, rotate_from_edge_frame, rotate_to_edge_frame
+from model.so3_linear import SO3Linear
+
+# Attention logits are soft-capped to (-LOGIT_CAP, LOGIT_CAP) so exp() of them stays finite in float32.
+LOGIT_CAP = 30.0
+
+
+@dataclass
+class EdgeGeometry:
+    """Per-edge quantities shared by every layer.
+
+    wigner: per degree l, [E, 2l+1, 2l+1] rotations into each edge's frame (edge along +z).
+    radial_basis: [E, num_rbf] basis expansion of the edge length.   envelope: [E], 1 -> 0 at the cutoff.
+    """
+
+    wigner: list[Tensor]
+    radial_basis: Tensor
+    envelope: Tensor
+
+
+def smooth_attention_weights(logits: Tensor, envelope: Tensor, target: Tensor, num_nodes: int) -> Tensor:
+    """Softmax of logits [E, H] over the edges into each target node, with each edge's exp weight multiplied
+    by its envelope [E] and a null edge of logit 0 and envelope 1 in every denominator.
+
+    The null edge keeps the weight of a lone edge going to 0 with its envelope at the cutoff, which a plain
+    softmax would renormalise back to 1; so an atom crossing the cutoff changes the output smoothly.
+    Computed in at least float32. Returns [E, H], each node's weights summing to less than 1.
+    """
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    capped = LOGIT_CAP * torch.tanh(logits.to(dtype) / LOGIT_CAP)
+    weights = envelope.to(dtype).unsqueeze(-1) * torch.exp(capped)
+    total = torch.zeros(num_nodes, logits.shape[1], dtype=dtype, device=logits.device).index_add(
+        0, target, weights
+    )
+    return weights / (1 + total.index_select(0, target))
+
+
+class EquivariantGraphAttention(nn.Module):
+    """Multi-head attention over each atom's incoming edges (EquiformerV2 / eSCN family).
+
+    For edge j -> i: the features of j and i, side by side, are rotated into the edge's frame (orders
+    |m| > mmax dropped); a radially modulated SO(2) convolution gives the message and invariant scalars;
+    the scalars give one attention logit per head, the message passes a gate and a second SO(2)
+    convolution into per-head values; the weighted values are rotated back and summed on i.
+
+    x [N, (lmax+1)**2, channels] -> [N, (lmax+1)**2, channels].
+    """
+
+    def __init__(
+        self,
+        *,
+        lmax: int,
+        mmax: int,
+        channels: int,
+        attn_channels: int,
+        num_heads: int,
+        num_rbf: int,
+        radial_channels: int,
+    ) -> None:
+        super().__init__()
+        if attn_channels % num_heads:
+            raise ValueError(f"attn_channels={attn_channels} is not divisible by num_heads={num_heads}")
+        self.mmax, self.num_heads = mmax, num_heads
+        self.head_channels = attn_channels // num_heads
+        edge_layout = CoefficientLayout(lmax, mmax)
+        self.radial_mlp = nn.Sequential(
+            nn.Linear(num_rbf, radial_channels),
+            nn.LayerNorm(radial_channels),
+            nn.SiLU(),
+            nn.Linear(radial_channels, radial_channels),
+            nn.LayerNorm(radial_channels),
+            nn.SiLU(),
+        )
+        self.num_gates = GateActivation.num_scalars(lmax, attn_channels)
+        self.message = SO2Convolution(
+            edge_layout,
+            2 * channels,
+            attn_channels,
+            extra_scalars=attn_channels + self.num_gates,
+            radial_channels=radial_channels,
+        )
+        self.logit_norm = nn.LayerNorm(self.head_channels)
+        self.logit_weight = nn.Parameter(torch.randn(num_heads, self.head_channels) / self.head_channels**0.5)
+        self.gate = GateActivation(edge_layout, attn_channels)
+        self.value = SO2Convolution(edge_layout, attn_channels, attn_channels)
+        self.output = SO3Linear(lmax, attn_channels, channels)
+
+    def forward(self, x: Tensor, edge_index: Tensor, geometry: EdgeGeometry) -> Tensor:
+        source, target = edge_index[0], edge_index[1]
+        num_edges = source.shape[0]
+        pair = torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=-1)
+        pair = rotate_to_edge_frame(pair, geometry.wigner, self.mmax)
+        message, scalars = self.message(pair, self.radial_mlp(geometry.radial_basis.to(pair.dtype)))
+        logit_features, gates = scalars.split([self.num_heads * self.head_channels, self.num_gates], dim=-1)
+        logit_features = logit_features.reshape(num_edges, self.num_heads, self.head_channels)
+        logits = (nn.functional.silu(self.logit_norm(logit_features)) * self.logit_weight).sum(-1)
+        weights = smooth_attention_weights(logits, geometry.envelope, target, x.shape[0])
+        values, _ = self.value(self.gate(message, gates))
+        values = values.unflatten(-1, (self.num_heads, self.head_channels)) * weights[:, None, :, None].to(
+            values.dtype
+        )
+        values = rotate_from_edge_frame(values.flatten(-2), geometry.wigner, self.mmax)
+        aggregated = x.new_zeros(x.shape[0], x.shape[1], values.shape[-1]).index_add(
+            0, target, values.to(x.dtype)
+        )
+        return self.output(aggregated)

@@ -1,0 +1,262 @@
+"""The equivariant backbone: a pre-norm transformer over SO(3) features of atoms (EquiformerV2 / eSEN family).
+
+Features are irreps of degrees 0..lmax without parity, so the model is equivariant to rotations and
+translations, and tells a molecule from its mirror image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from data_pipeline.schema import DOMAINS, BadInputError
+from data_pipeline.vocab import LEVELS_OF_THEORY
+from model.activation import ACTIVATIONS, make_activation
+from model.attention import EdgeGeometry, EquivariantGraphAttention
+from model.conditioning import ConditioningEmbedding
+from model.norm import EquivariantRMSNorm
+from model.radial import RADIAL_BASES, PolynomialEnvelope
+from model.so3 import CoefficientLayout, edge_rotation, rotate_from_edge_frame, vector_to_l1, wigner_d
+from model.so3_linear import SO3Linear
+
+MAX_LMAX = 6
+
+
+@dataclass
+class BackboneConfig:
+    """Shape of the backbone. Channels are per (l, m) coefficient; lengths in Å."""
+
+    lmax: int = 2  # 1..6
+    mmax: int = 2  # orders kept in the edge frame, <= lmax
+    channels: int = 64  # sphere channels of the residual stream
+    num_layers: int = 4
+    num_heads: int = 4
+    attn_channels: int = 32  # channels of the message/value path, split over the heads
+    ffn_channels: int = 128
+    num_rbf: int = 32
+    radial_basis: str = "gaussian"  # "gaussian" | "bessel"
+    radial_channels: int = 64  # hidden width of the per-layer radial MLP
+    cutoff: float = 6.0  # Å
+    activation: str = "s2"  # feed-forward nonlinearity: "s2" | "gate"
+    s2_resolution: int | None = None  # latitude points of the S² grid; None: 3 * (lmax + 1)
+    activation_checkpointing: bool = False
+    num_elements: int = 119  # index 0 = [MASK] token (masked atom types), 1..118 = Z
+    num_levels: int = len(LEVELS_OF_THEORY)
+    num_domains: int = len(DOMAINS)
+    max_abs_charge: int = 100  # total charges -100..100 e
+    max_spin: int = 20  # spin multiplicities 1..20
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("lmax", 1 <= self.lmax <= MAX_LMAX, f"must be in 1..{MAX_LMAX}"),
+            ("mmax", 0 <= self.mmax <= self.lmax, f"must be in 0..lmax ({self.lmax})"),
+            (
+                "attn_channels",
+                self.num_heads > 0 and self.attn_channels % self.num_heads == 0,
+                f"must be a positive multiple of num_heads ({self.num_heads})",
+            ),
+            ("radial_basis", self.radial_basis in RADIAL_BASES, f"must be one of {', '.join(RADIAL_BASES)}"),
+            ("activation", self.activation in ACTIVATIONS, f"must be one of {', '.join(ACTIVATIONS)}"),
+            ("cutoff", self.cutoff > 0, "must be positive"),
+            (
+                "s2_resolution",
+                self.s2_resolution is None or self.s2_resolution > self.lmax,
+                f"must exceed lmax ({self.lmax}) for the grid to resolve the features",
+            ),
+            ("num_rbf", self.num_rbf >= 2, "must be at least 2"),
+        ]
+        for name in (
+            "channels",
+            "num_layers",
+            "ffn_channels",
+            "radial_channels",
+            "num_elements",
+            "num_levels",
+            "num_domains",
+            "max_spin",
+        ):
+            checks.append((name, getattr(self, name) > 0, "must be positive"))
+        for name, ok, requirement in checks:
+            if not ok:
+                raise ValueError(f"BackboneConfig.{name}={getattr(self, name)!r} {requirement}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BackboneConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown backbone config key(s) {', '.join(map(repr, unknown))}; "
+                f"known keys: {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
+
+class EquivariantFeedForward(nn.Module):
+    """Per-atom feed-forward: SO(3)-linear up to ``hidden`` channels, nonlinearity, SO(3)-linear back."""
+
+    def __init__(
+        self, lmax: int, channels: int, hidden: int, activation: str, s2_resolution: int | None
+    ) -> None:
+        super().__init__()
+        self.activation = make_activation(activation, CoefficientLayout(lmax, lmax), hidden, s2_resolution)
+        self.scalars = nn.Linear(channels, ACTIVATIONS[activation].num_scalars(lmax, hidden))
+        self.up = SO3Linear(lmax, channels, hidden)
+        self.down = SO3Linear(lmax, hidden, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.activation(self.up(x), self.scalars(x[..., 0, :])))
+
+
+class EdgeDegreeEmbedding(nn.Module):
+    """Initial features of every degree from each atom's neighbourhood (EquiformerV2's edge-degree embedding).
+
+    For edge j -> i an MLP of the radial basis and both atoms' scalar features gives one coefficient per
+    (l, channel) on the edge axis (m = 0 in the edge frame); rotated back, these are spherical harmonics of
+    the edge direction. Atom i gets sum_j env_ij h_ij / sqrt(1 + sum_j env_ij), which keeps the l > 0 part
+    of order one whatever the number of neighbours (their directions partly cancel) and is smooth as a
+    neighbour crosses the cutoff. [N, C] scalars -> [N, (lmax+1)**2, C].
+    """
+
+    def __init__(self, lmax: int, channels: int, num_rbf: int, radial_channels: int) -> None:
+        super().__init__()
+        self.lmax, self.channels = lmax, channels
+        self.radial_mlp = nn.Sequential(
+            nn.Linear(num_rbf + 2 * channels, radial_channels),
+            nn.LayerNorm(radial_channels),
+            nn.SiLU(),
+            nn.Linear(radial_channels, (lmax + 1) * channels),
+        )
+
+    def forward(self, scalars: Tensor, edge_index: Tensor, geometry: EdgeGeometry) -> Tensor:
+        source, target = edge_index[0], edge_index[1]
+        features = torch.cat(
+            [geometry.radial_basis, scalars.index_select(0, source), scalars.index_select(0, target)], dim=-1
+        )
+        on_axis = self.radial_mlp(features).unflatten(-1, (self.lmax + 1, self.channels))
+        envelope = geometry.envelope.to(on_axis.dtype)
+        values = rotate_from_edge_frame(on_axis * envelope[:, None, None], geometry.wigner, mmax=0)
+        num_atoms = scalars.shape[0]
+        total = values.new_zeros(num_atoms, *values.shape[1:]).index_add(0, target, values)
+        weight = envelope.new_zeros(num_atoms).index_add(0, target, envelope)
+        return total * torch.rsqrt(1 + weight)[:, None, None]
+
+
+class TransformerBlock(nn.Module):
+    """x + attention(norm(x)), then x + feed_forward(norm(x))."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.attention_norm = EquivariantRMSNorm(cfg.lmax, cfg.channels)
+        self.attention = EquivariantGraphAttention(
+            lmax=cfg.lmax,
+            mmax=cfg.mmax,
+            channels=cfg.channels,
+            attn_channels=cfg.attn_channels,
+            num_heads=cfg.num_heads,
+            num_rbf=cfg.num_rbf,
+            radial_channels=cfg.radial_channels,
+        )
+        self.feed_forward_norm = EquivariantRMSNorm(cfg.lmax, cfg.channels)
+        self.feed_forward = EquivariantFeedForward(
+            cfg.lmax, cfg.channels, cfg.ffn_channels, cfg.activation, cfg.s2_resolution
+        )
+
+    def forward(self, x: Tensor, edge_index: Tensor, geometry: EdgeGeometry) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), edge_index, geometry)
+        return x + self.feed_forward(self.feed_forward_norm(x))
+
+
+class EquivariantTransformer(nn.Module):
+    """Atoms and edges in, per-atom SO(3) features out (see :meth:`forward`)."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.conditioning = ConditioningEmbedding(
+            cfg.channels,
+            num_elements=cfg.num_elements,
+            num_levels=cfg.num_levels,
+            num_domains=cfg.num_domains,
+            max_abs_charge=cfg.max_abs_charge,
+            max_spin=cfg.max_spin,
+        )
+        self.vector_embedding = nn.Parameter(torch.randn(cfg.channels))
+        self.radial_basis = RADIAL_BASES[cfg.radial_basis](cfg.num_rbf, cfg.cutoff)
+        self.envelope = PolynomialEnvelope(cfg.cutoff)
+        self.edge_degree_embedding = EdgeDegreeEmbedding(
+            cfg.lmax, cfg.channels, cfg.num_rbf, cfg.radial_channels
+        )
+        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.num_layers))
+        self.final_norm = EquivariantRMSNorm(cfg.lmax, cfg.channels)
+
+    def forward(
+        self,
+        z: Tensor,
+        edge_index: Tensor,
+        edge_vec: Tensor,
+        batch: Tensor,
+        charge: Tensor,
+        spin: Tensor,
+        level_of_theory: Tensor,
+        domain: Tensor,
+        vector_input: Tensor | None = None,
+    ) -> Tensor:
+        """z [N] long (0 = masked); edge_index [2, E] (row 0 = neighbour j / source, row 1 = centre i / target);
+        edge_vec [E, 3] Å, r_ij = pos[j] - pos[i] (+ periodic shift), differentiable w.r.t. positions/strain;
+        batch [N]; charge, spin, level_of_theory, domain: [B] long;
+        vector_input: optional [N, 3] per-atom Cartesian vectors (DeNS: clean forces) embedded as l = 1 features.
+        Returns x [N, (lmax+1)**2, channels], coefficient index l*l + (m + l) for m = -l..l.
+
+        Edges at or beyond ``cfg.cutoff`` contribute nothing (their envelope is 0) and are dropped.
+        """
+        edge_index, edge_vec = self._edges_within_cutoff(edge_index, edge_vec)
+        geometry = self._edge_geometry(edge_vec)
+        scalars = self.conditioning(z, batch, charge, spin, level_of_theory, domain)
+        x = self.edge_degree_embedding(scalars, edge_index, geometry)
+        if vector_input is not None:
+            vectors = vector_to_l1(vector_input.to(x.dtype).unsqueeze(-1)) * self.vector_embedding
+            x = x + nn.functional.pad(vectors, (0, 0, 1, x.shape[1] - 4))
+        x = torch.cat([x[:, :1] + scalars.unsqueeze(1), x[:, 1:]], dim=1)
+        for block in self.blocks:
+            if self.cfg.activation_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, edge_index, geometry, use_reentrant=False)
+            else:
+                x = block(x, edge_index, geometry)
+        return self.final_norm(x)
+
+    def _edges_within_cutoff(self, edge_index: Tensor, edge_vec: Tensor) -> tuple[Tensor, Tensor]:
+        if edge_vec.shape[0] == 0:
+            return edge_index, edge_vec
+        length = torch.linalg.vector_norm(edge_vec.detach(), dim=-1)
+        inside = length < self.cfg.cutoff
+        shortest, num_inside = torch.stack([length.min(), inside.sum().to(length.dtype)]).tolist()
+        if shortest <= 0:
+            edge = int(torch.argmin(length))
+            raise BadInputError(
+                f"edge {edge} ({int(edge_index[0, edge])} -> {int(edge_index[1, edge])}) has zero length: "
+                "two atoms at the same position, or a self-edge",
+                field="edge_vec",
+            )
+        if num_inside == len(length):
+            return edge_index, edge_vec
+        return edge_index[:, inside], edge_vec[inside]
+
+    def _edge_geometry(self, edge_vec: Tensor) -> EdgeGeometry:
+        """Edge frames and radial features, computed in at least float32 (a Wigner-D in bf16 would lose the
+        rotation's accuracy) and handed to the layers in the parameters' dtype."""
+        dtype = self.vector_embedding.dtype
+        with torch.autocast(device_type=edge_vec.device.type, enabled=False):
+            vec = edge_vec.to(torch.promote_types(torch.promote_types(edge_vec.dtype, dtype), torch.float32))
+            length = torch.linalg.vector_norm(vec, dim=-1)
+            return EdgeGeometry(
+                wigner=[d.to(dtype) for d in wigner_d(edge_rotation(vec), self.cfg.lmax)],
+                radial_basis=self.radial_basis(length).to(dtype),
+                envelope=self.envelope(length).to(dtype),
+            )
