@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-ligands", action="store_true", help="keep hetero groups (ligands, ions) in protein files")
     p.add_argument("--seed", type=int, default=0, help="seed of the split hash")
     p.add_argument("--split-fractions", default="0.9,0.05,0.05", help="train,val,test fractions")
+    p.add_argument("--rebuild", action="store_true",
+                   help="delete this source's shards and ingest it again (default: resume an interrupted run)")
     p.set_defaults(func=_run("data_pipeline.ingest", "main"))
 
     p = dsub.add_parser("inspect", help="print a corpus summary and verify shard checksums")
