@@ -1,0 +1,334 @@
+"""The full model: backbone, heads, reference energies, long-range electrostatics, forces and stress.
+
+``AtomFM(config)(batch, outputs=(...))`` reads a batch of the batch contract (``docs/batch.md``) and returns
+the requested outputs (units: eV, Å, e):
+
+| output | shape | what |
+| --- | --- | --- |
+| ``energy`` | [B] | Σ reference energies (per level of theory) + Σ learned atom energies + electrostatics |
+| ``forces`` | [N, 3] | −∂E/∂pos when conservative, else ``forces_direct`` |
+| ``forces_direct`` | [N, 3] | direct equivariant force head |
+| ``stress`` | [B, 3, 3] | (1/V) ∂E/∂ε under a symmetric strain ε (ASE's sign); 0 for non-periodic |
+| ``noise`` | [N, 3] | denoising head |
+| ``charges`` | [N] | latent charges, Σ per structure = total charge |
+| ``dipole`` | [B, 3] | Σ q_i (r_i − r_centre of mass), e·Å; 0 for periodic structures |
+| ``atom_logits`` | [N, 119] | masked-atom head |
+| ``residue``, ``residue_index`` | [R, D], [R, 2] | per-residue readout, rows' (graph, residue_id) |
+| ``properties`` | [B, P] | graph-level property head |
+| ``embedding`` | [B, D] | invariant structure embedding |
+
+plus ``atom_energy`` [N] and any output of a head added by fine-tuning.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from ase.data import atomic_masses
+from torch import Tensor, nn
+
+from data_pipeline.vocab import LEVELS_OF_THEORY, level_index
+from model.backbone import BackboneConfig, EquivariantTransformer
+from model.heads import HEADS, Head, HeadInput
+from model.long_range import LONG_RANGE_METHODS, Electrostatics
+from model.reference_energies import NUM_ELEMENTS, ReferenceEnergies, table_from_dict
+from model.sizes import backbone_config
+
+PRETRAINING_HEADS: tuple[str, ...] = ("energy", "forces_direct", "noise", "charges", "atom_type", "embedding")
+# Outputs the model derives itself, and the heads each needs (``forces`` also needs ``forces_direct`` when
+# direct; the energy needs ``charges`` when long-range electrostatics is on).
+DERIVED_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "energy": ("energy",),
+    "forces": ("energy",),
+    "stress": ("energy",),
+    "dipole": ("charges",),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild an :class:`AtomFM` (saved as ``model_config.json`` with its weights).
+
+    heads: names from :data:`model.heads.HEADS`; head_options: keyword arguments per head name.
+    long_range: add the electrostatic energy of the latent charges (needs the ``charges`` head);
+    long_range_method: ``ewald`` | ``pme`` (periodic structures; non-periodic ones use the direct sum) or
+    ``direct`` (non-periodic data only); long_range_smearing: Gaussian charge width σ, Å;
+    long_range_damping: radius (Å, ≤ backbone cutoff) inside which electrostatics is smoothly switched off.
+    conservative_forces: default meaning of the ``forces`` output (−∂E/∂x, else the direct head).
+    reference_energies: initial ``{level of theory: {element: eV}}``; fitted tables replace it in the weights.
+    main_level_of_theory: what the ASE calculator predicts unless told otherwise.
+    """
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    heads: list[str] = field(default_factory=lambda: list(PRETRAINING_HEADS))
+    head_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    long_range: bool = True
+    long_range_method: str = "ewald"
+    long_range_smearing: float = 1.0
+    long_range_damping: float = 0.0
+    conservative_forces: bool = True
+    reference_energies: dict[str, dict[str, float]] = field(default_factory=dict)
+    main_level_of_theory: str = "none"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.backbone, dict):
+            self.backbone = BackboneConfig.from_dict(self.backbone)
+        self.heads = list(self.heads)
+        for name in self.heads:
+            if name not in HEADS:
+                raise ValueError(f"unknown head {name!r}; registered heads: {', '.join(HEADS)}")
+        if len(set(self.heads)) != len(self.heads):
+            raise ValueError(f"heads listed twice in {self.heads}")
+        for name in self.head_options:
+            if name not in self.heads:
+                raise ValueError(f"head_options for {name!r}, which is not among the heads {self.heads}")
+        if self.long_range and "charges" not in self.heads:
+            raise ValueError("long_range needs the 'charges' head; add it to heads or set long_range: false")
+        if self.long_range_method not in LONG_RANGE_METHODS:
+            raise ValueError(
+                f"unknown long_range_method {self.long_range_method!r}; "
+                f"expected one of {', '.join(LONG_RANGE_METHODS)}"
+            )
+        if not 0.0 <= self.long_range_damping <= self.backbone.cutoff:
+            raise ValueError(
+                f"long_range_damping {self.long_range_damping} Å must lie in [0, backbone cutoff "
+                f"{self.backbone.cutoff} Å]: damped pairs come from the model's edges"
+            )
+        if self.main_level_of_theory.lower() not in LEVELS_OF_THEORY:
+            raise ValueError(
+                f"unknown main_level_of_theory {self.main_level_of_theory!r}; "
+                f"expected one of {', '.join(LEVELS_OF_THEORY)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["backbone"] = self.backbone.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Build from a dict (YAML/JSON); an unknown key raises ValueError naming it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown model config key(s) {', '.join(map(repr, unknown))}; "
+                f"expected some of {', '.join(sorted(known))}"
+            )
+        values = copy.deepcopy(dict(values))
+        if "backbone" in values:
+            values["backbone"] = BackboneConfig.from_dict(values["backbone"])
+        return cls(**values)
+
+
+def model_config(name: str, **overrides: Any) -> ModelConfig:
+    """The named size (see ``atomfm model list``) with overrides; keys that are not :class:`ModelConfig`
+    fields go to the backbone (``model_config("small", lmax=4, long_range=False)``)."""
+    own = {f.name for f in dataclasses.fields(ModelConfig)} - {"backbone"}
+    model_overrides = {k: v for k, v in overrides.items() if k in own}
+    backbone = backbone_config(name, **{k: v for k, v in overrides.items() if k not in own})
+    return ModelConfig(backbone=backbone, **model_overrides)
+
+
+class AtomFM(nn.Module):
+    """SE(3)-equivariant atomistic foundation model: see the module docstring for the outputs."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        bb = self.config.backbone
+        self.backbone = EquivariantTransformer(bb)
+        self.heads = nn.ModuleDict({name: self._build_head(name) for name in self.config.heads})
+        self.reference_energies = ReferenceEnergies(bb.num_levels)
+        self.reference_energies.set_table(table_from_dict(self.config.reference_energies, bb.num_levels))
+        self.electrostatics = (
+            Electrostatics(
+                self.config.long_range_method, self.config.long_range_smearing, self.config.long_range_damping
+            )
+            if self.config.long_range
+            else None
+        )
+        self.register_buffer("atomic_masses", torch.tensor(atomic_masses[:NUM_ELEMENTS]), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point dtype of the weights (inputs are cast to it)."""
+        return self.reference_energies.energies.dtype
+
+    @property
+    def main_level_of_theory(self) -> int:
+        return level_index(self.config.main_level_of_theory)
+
+    def _build_head(self, name: str) -> Head:
+        bb = self.config.backbone
+        return HEADS[name](bb.channels, bb.lmax, **self.config.head_options.get(name, {}))
+
+    def add_head(self, name: str, **options: Any) -> Head:
+        """Add head ``name`` from :data:`model.heads.HEADS` (fine-tuning); recorded in ``config``."""
+        if name in self.heads:
+            raise ValueError(f"the model already has a head {name!r}")
+        if name not in HEADS:
+            raise ValueError(f"unknown head {name!r}; registered heads: {', '.join(HEADS)}")
+        self.config.heads.append(name)
+        if options:
+            self.config.head_options[name] = dict(options)
+        head = self._build_head(name).to(device=self.reference_energies.energies.device, dtype=self.dtype)
+        self.heads[name] = head
+        return head
+
+    def available_outputs(self) -> list[str]:
+        """Every output name this model can return."""
+        out = [o for o, needs in DERIVED_OUTPUTS.items() if all(h in self.heads for h in needs)]
+        return out + [o for head in self.heads.values() for o in head.outputs if o not in out]
+
+    def forward(
+        self, batch: Any, outputs: Iterable[str] = ("energy",), conservative: bool | None = None
+    ) -> dict[str, Tensor]:
+        """Requested ``outputs`` for a batch of the batch contract; ``conservative`` (default: the config's)
+        chooses what ``forces`` means. Gradients are taken even under ``torch.no_grad`` when forces or
+        stress are asked for; with ``self.training`` they keep their graph (for force losses)."""
+        outputs = tuple(dict.fromkeys(outputs))
+        conservative = self.config.conservative_forces if conservative is None else conservative
+        heads = self._heads_for(outputs, conservative)
+        grad_wrt_pos = "forces" in outputs and conservative
+        need_grad = grad_wrt_pos or "stress" in outputs
+        with torch.set_grad_enabled(torch.is_grad_enabled() or need_grad):
+            return self._forward(batch, outputs, heads, grad_wrt_pos, "stress" in outputs)
+
+    def _heads_for(self, outputs: tuple[str, ...], conservative: bool) -> list[str]:
+        """Heads to run for ``outputs``; raises ValueError naming an output this model cannot give."""
+        needed: list[str] = []
+        for name in outputs:
+            if name in DERIVED_OUTPUTS:
+                needs = list(DERIVED_OUTPUTS[name]) if name != "forces" or conservative else ["forces_direct"]
+                if (
+                    name in ("energy", "forces", "stress")
+                    and "energy" in needs
+                    and self.electrostatics is not None
+                ):
+                    needs.append("charges")
+            else:
+                needs = [h for h, head in self.heads.items() if name in head.outputs]
+                if not needs:
+                    raise ValueError(
+                        f"unknown output {name!r}; this model gives {', '.join(self.available_outputs())}"
+                    )
+            missing = [h for h in needs if h not in self.heads]
+            if missing:
+                raise ValueError(
+                    f"output {name!r} needs the head(s) {', '.join(missing)}, which this model lacks; "
+                    f"add them with model.add_head(name)"
+                )
+            needed += [h for h in needs if h not in needed]
+        return needed
+
+    def _forward(
+        self, batch: Any, outputs: tuple[str, ...], heads: list[str], grad_wrt_pos: bool, want_stress: bool
+    ) -> dict[str, Tensor]:
+        dtype, num_graphs = self.dtype, int(batch.natoms.shape[0])
+        with torch.autocast(device_type=batch.pos.device.type, enabled=False):
+            pos = batch.pos.to(dtype)
+            cell = batch.cell.to(dtype).reshape(num_graphs, 3, 3)
+            if grad_wrt_pos and not pos.requires_grad:
+                pos = pos.detach().requires_grad_(True)
+            strain = None
+            if want_stress:
+                strain = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=pos.device, requires_grad=True)
+                symmetric = 0.5 * (strain + strain.transpose(1, 2))
+                pos = pos + torch.einsum("ni,nij->nj", pos, symmetric[batch.batch])
+                cell = cell + torch.bmm(cell, symmetric)
+            edge_index, edge_vec = self._edges(batch, pos, cell)
+
+        x = self.backbone(
+            batch.z,
+            edge_index,
+            edge_vec,
+            batch.batch,
+            batch.charge,
+            batch.spin,
+            batch.level_of_theory,
+            batch.domain,
+            vector_input=getattr(batch, "dens_forces", None),
+        )
+        inp = HeadInput(
+            x=x,
+            z=batch.z,
+            batch=batch.batch,
+            num_graphs=num_graphs,
+            pos=pos,
+            charge=batch.charge,
+            residue_id=getattr(batch, "residue_id", None),
+        )
+        results: dict[str, Tensor] = {}
+        for name in heads:
+            results.update(self.heads[name](inp))
+        if "charges" in results:
+            results["charges"] = results["charges"].to(dtype)
+        if "dipole" in outputs:
+            results["dipole"] = self._dipole(results["charges"], pos, batch)
+
+        if "energy" in outputs or grad_wrt_pos or want_stress:
+            results["energy"] = self._energy(results, batch, pos, cell, edge_index, edge_vec, num_graphs)
+        if grad_wrt_pos or want_stress:
+            wrt = [t for t in (pos if grad_wrt_pos else None, strain) if t is not None]
+            grads = torch.autograd.grad(results["energy"].sum(), wrt, create_graph=self.training)
+            if grad_wrt_pos:
+                results["forces"] = -grads[0]
+            if want_stress:
+                volume = torch.linalg.det(cell.detach()).abs()
+                periodic = batch.pbc.reshape(num_graphs, 3).any(dim=1)
+                stress = grads[-1] / torch.where(periodic, volume, torch.ones_like(volume))[:, None, None]
+                results["stress"] = stress * periodic[:, None, None]
+        if "forces" in outputs and not grad_wrt_pos:
+            results["forces"] = results["forces_direct"]
+        companions = ("residue_index",) if "residue" in outputs else ()
+        return {name: results[name] for name in outputs + companions}
+
+    def _edges(self, batch: Any, pos: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+        """Edge vectors r_j − r_i + S·cell [E, 3] by explicit differences (the backbone drops those beyond its
+        cutoff)."""
+        src, dst = batch.edge_index
+        shift = torch.einsum("ei,eij->ej", batch.cell_offsets.to(pos.dtype), cell[batch.batch[dst]])
+        return batch.edge_index, pos[src] - pos[dst] + shift
+
+    def _energy(
+        self,
+        results: dict[str, Tensor],
+        batch: Any,
+        pos: Tensor,
+        cell: Tensor,
+        edge_index: Tensor,
+        edge_vec: Tensor,
+        num_graphs: int,
+    ) -> Tensor:
+        atom_energy = results["atom_energy"].to(self.dtype) + self.reference_energies(
+            batch.z, batch.level_of_theory[batch.batch]
+        )
+        energy = atom_energy.new_zeros(num_graphs).index_add(0, batch.batch, atom_energy)
+        if self.electrostatics is not None:
+            energy = energy + self.electrostatics(
+                results["charges"],
+                pos,
+                batch.batch,
+                cell,
+                batch.pbc.reshape(num_graphs, 3),
+                edge_index,
+                edge_vec,
+            )
+        return energy
+
+    def _dipole(self, charges: Tensor, pos: Tensor, batch: Any) -> Tensor:
+        """Σ q_i (r_i − centre of mass) per structure [B, 3], e·Å; 0 for periodic structures."""
+        num_graphs = int(batch.natoms.shape[0])
+        mass = self.atomic_masses.to(pos.dtype)[batch.z]
+        zeros = pos.new_zeros(num_graphs, 3)
+        total_mass = pos.new_zeros(num_graphs).index_add(0, batch.batch, mass)
+        centre = zeros.index_add(0, batch.batch, mass[:, None] * pos) / total_mass[:, None]
+        dipole = zeros.index_add(0, batch.batch, charges[:, None] * (pos - centre[batch.batch]))
+        periodic = batch.pbc.reshape(num_graphs, 3).any(dim=1)
+        return dipole * (~periodic)[:, None]

@@ -1,0 +1,172 @@
+"""The ASE calculator: how a trained model relaxes structures and runs molecular dynamics.
+
+    calc = AtomFMCalculator.from_checkpoint("runs/demo/export", level_of_theory="gfn2-xtb")
+    atoms.calc = calc
+    BFGS(atoms).run(fmax=0.05)
+
+One checkpoint answers as any level of theory it was trained on (default: the model's main one). The
+total charge and spin multiplicity come from the constructor, else from ``atoms.info["charge"]`` /
+``atoms.info["spin"]``, else 0 and 1. The domain is ``atoms.info["domain"]`` when given, else ``material``
+for periodic structures and ``molecule`` otherwise. Forces are conservative (−∂E/∂x), as MD needs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+from torch_geometric.data import Batch
+
+from data_pipeline.graph import structure_to_graph
+from data_pipeline.schema import DOMAINS, Structure, validate
+from data_pipeline.vocab import LEVELS_OF_THEORY
+from model.atomfm import AtomFM, model_config
+from model.checkpoint_io import load_model
+
+
+class AtomFMCalculator(Calculator):
+    """ASE calculator around an :class:`AtomFM` (energy eV, forces eV/Å, stress eV/Å³, charges e,
+    dipole e·Å)."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "charges", "dipole"]
+
+    def __init__(
+        self,
+        model: AtomFM,
+        level_of_theory: str | None = None,
+        charge: int | None = None,
+        spin: int | None = None,
+        domain: str | None = None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        level = (level_of_theory or model.config.main_level_of_theory).lower()
+        if level not in LEVELS_OF_THEORY:
+            raise ValueError(
+                f"unknown level of theory {level_of_theory!r}; expected one of {', '.join(LEVELS_OF_THEORY)}"
+            )
+        if domain is not None and domain not in DOMAINS:
+            raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
+        if "energy" not in model.heads:
+            raise ValueError("the model has no energy head; an ASE calculator needs energies and forces")
+        self.model = model.to(device) if device is not None else model
+        self.model.eval()
+        self.level_of_theory, self.charge, self.spin, self.domain = level, charge, spin, domain
+
+    @classmethod
+    def from_config(
+        cls,
+        name: str,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device | None = None,
+        calculator_options: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> AtomFMCalculator:
+        """An untrained model of a named size (``atomfm model list``); ``overrides`` go to
+        :func:`model.atomfm.model_config`. Useful for tests and timing, not for predictions."""
+        torch.manual_seed(seed)
+        model = AtomFM(model_config(name, **overrides)).to(device=device, dtype=dtype)
+        return cls(model, **(calculator_options or {}))
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device | None = None,
+        **options: Any,
+    ) -> AtomFMCalculator:
+        """The model in an export or training checkpoint folder (see :func:`model.checkpoint_io.load_model`)."""
+        return cls(load_model(path, device=device, dtype=dtype), **options)
+
+    @property
+    def cutoff(self) -> float:
+        return self.model.config.backbone.cutoff
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: list[str] | None = None,
+        system_changes: list[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties or ["energy"], system_changes)
+        periodic = bool(self.atoms.pbc.any())
+        batch = self._batch(self.atoms)
+        outputs = ["energy", "forces"] + (["stress"] if periodic else [])
+        if "charges" in self.model.heads:
+            outputs += ["charges"] + ([] if periodic else ["dipole"])
+        out = self.model(batch, outputs=outputs, conservative=True)
+        energy = float(out["energy"][0].detach())
+        self.results = {"energy": energy, "free_energy": energy, "forces": _numpy(out["forces"])}
+        if periodic:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(_numpy(out["stress"][0]))
+        if "charges" in out:
+            self.results["charges"] = _numpy(out["charges"])
+        if "dipole" in out:
+            self.results["dipole"] = _numpy(out["dipole"][0])
+
+    def _batch(self, atoms: Atoms) -> Batch:
+        return atoms_to_batch(
+            [atoms],
+            self.cutoff,
+            level_of_theory=self.level_of_theory,
+            charge=self.charge,
+            spin=self.spin,
+            domain=self.domain,
+            dtype=self.model.dtype,
+            device=self.model.reference_energies.energies.device,
+        )
+
+
+def atoms_to_batch(
+    atoms_list: list[Atoms],
+    cutoff: float,
+    level_of_theory: str = "none",
+    charge: int | None = None,
+    spin: int | None = None,
+    domain: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+) -> Batch:
+    """A batch (``docs/batch.md``) of ASE structures, built by the data pipeline (validation, neighbour list
+    with periodic images under ``cutoff`` Å), with positions and cells in ``dtype``.
+
+    charge, spin, domain: for every structure, else each one's ``atoms.info`` (default 0, 1, and ``material``
+    when periodic else ``molecule``). ``atoms.arrays["residuenumbers"]`` (ASE's PDB reader) become ``residue_id``.
+    """
+    graphs = []
+    for index, atoms in enumerate(atoms_list):
+        periodic = bool(atoms.pbc.any())
+        residues = atoms.arrays.get("residuenumbers")
+        structure = validate(
+            Structure(
+                key=str(atoms.info.get("key", f"ase/{index}")),
+                domain=domain or atoms.info.get("domain") or ("material" if periodic else "molecule"),
+                atomic_numbers=atoms.numbers,
+                positions=atoms.positions,
+                cell=atoms.cell.array if periodic else None,
+                pbc=atoms.pbc,
+                charge=int(charge if charge is not None else atoms.info.get("charge", 0)),
+                spin=int(spin if spin is not None else atoms.info.get("spin", 1)),
+                level_of_theory=level_of_theory,
+                per_atom={} if residues is None else {"residue_index": np.asarray(residues, dtype=np.int64)},
+            )
+        )
+        graph = structure_to_graph(structure, cutoff)
+        graph.pos = torch.as_tensor(atoms.positions, dtype=dtype)
+        if periodic:
+            graph.cell = torch.as_tensor(atoms.cell.array, dtype=dtype).reshape(1, 3, 3)
+        graphs.append(graph)
+    batch = Batch.from_data_list(graphs)
+    return batch if device is None else batch.to(device)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy()

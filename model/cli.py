@@ -1,0 +1,193 @@
+"""`atomfm model ...`: the named model sizes, their parameters and activation memory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("model", help="inspect model sizes: parameters, shapes, activation memory")
+    msub = group.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+
+    p = msub.add_parser(
+        "list", help="the named sizes with their parameter counts (counted on the meta device)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=list_sizes)
+
+    p = msub.add_parser("info", help="parameters, shapes, heads and activation memory of one size")
+    p.add_argument("name", help="a size from `atomfm model list`")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model or backbone config field, e.g. --set lmax=4 (repeatable)",
+    )
+    p.add_argument(
+        "--edges-per-atom",
+        type=float,
+        default=50.0,
+        help="neighbours per atom assumed by the estimate (6 Å: ~20 small molecules, ~45 silicon, "
+        "~100 protein interior)",
+    )
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="also measure saved activations of a forward pass on a silicon supercell (CPU)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=info)
+
+    group.set_defaults(func=lambda args: group.print_help() or 0)
+
+
+def list_sizes(args: argparse.Namespace) -> int:
+    from model.atomfm import model_config
+    from model.sizes import SIZES
+
+    rows = [_summary(name, model_config(name)) for name in SIZES]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<8}{'parameters':>14}{'layers':>8}{'lmax':>6}{'mmax':>6}{'channels':>10}")
+    for r in rows:
+        print(
+            f"{r['name']:<8}{r['parameters']:>14,}{r['num_layers']:>8}{r['lmax']:>6}{r['mmax']:>6}{r['channels']:>10}"
+        )
+    return 0
+
+
+def info(args: argparse.Namespace) -> int:
+    from model.activation_memory import estimate_activation_memory
+    from model.atomfm import model_config
+
+    try:
+        cfg = model_config(args.name, **_parse_overrides(args.overrides))
+    except ValueError as err:
+        raise SystemExit(f"atomfm model info: {err}") from None
+    report = _summary(args.name, cfg)
+    bb = cfg.backbone
+    report.update(
+        attn_channels=bb.attn_channels,
+        ffn_channels=bb.ffn_channels,
+        num_heads=bb.num_heads,
+        cutoff=bb.cutoff,
+        activation=bb.activation,
+        activation_checkpointing=bb.activation_checkpointing,
+        long_range=(
+            f"{cfg.long_range_method}, smearing {cfg.long_range_smearing} Å, damping "
+            f"{cfg.long_range_damping} Å"
+        )
+        if cfg.long_range
+        else "off",
+    )
+    estimate = {}
+    for label, nbytes in (("fp32", 4), ("bf16", 2)):
+        est = estimate_activation_memory(bb, 1000, args.edges_per_atom, nbytes)
+        estimate[label] = est.total_bytes
+    report["activation_memory_per_1000_atoms"] = {
+        "edges_per_atom": args.edges_per_atom,
+        **{k: v for k, v in estimate.items()},
+        "how": "analytic: tensors autograd keeps per layer, per edge and per atom (model/activation_memory.py); "
+        "conservative forces (double backward) roughly double it; activation checkpointing keeps one "
+        "layer's worth plus the layer inputs",
+    }
+    if args.measure:
+        report["measured"] = _measure(cfg)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for key, value in report.items():
+        if key == "heads":
+            value = ", ".join(value)
+        elif key == "parameters" or key.endswith("_parameters"):
+            value = f"{value:,}"
+        elif isinstance(value, dict):
+            value = "; ".join(
+                f"{k}: {_format_bytes(v) if isinstance(v, float) else v}" for k, v in value.items()
+            )
+        print(f"{key:<34}{value}")
+    return 0
+
+
+def _summary(name: str, cfg: Any) -> dict[str, Any]:
+    import torch
+
+    from model.atomfm import AtomFM
+
+    with torch.device("meta"):
+        model = AtomFM(cfg)
+    bb = cfg.backbone
+    return {
+        "name": name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "backbone_parameters": sum(p.numel() for p in model.backbone.parameters()),
+        "head_parameters": sum(p.numel() for p in model.heads.parameters()),
+        "num_layers": bb.num_layers,
+        "lmax": bb.lmax,
+        "mmax": bb.mmax,
+        "channels": bb.channels,
+        "heads": list(cfg.heads),
+    }
+
+
+def _measure(cfg: Any) -> dict[str, Any]:
+    """Saved activations of energy + direct forces and of conservative forces on a 64-atom silicon cell."""
+    from ase.build import bulk
+    from torch_geometric.data import Batch
+
+    from data_pipeline.graph import structure_to_graph
+    from data_pipeline.schema import Structure, validate
+    from model.activation_memory import estimate_activation_memory, measure_saved_activations
+    from model.atomfm import AtomFM
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+    structure = validate(
+        Structure(
+            key="si64",
+            domain="material",
+            atomic_numbers=atoms.numbers,
+            positions=atoms.positions,
+            cell=atoms.cell.array,
+            pbc=atoms.pbc,
+        )
+    )
+    batch = Batch.from_data_list([structure_to_graph(structure, cfg.backbone.cutoff)])
+    model = AtomFM(cfg).train()
+    num_atoms, num_edges = len(atoms), batch.edge_index.shape[1]
+    per_1000 = 1000 / num_atoms
+    direct = measure_saved_activations(model, lambda: model(batch, ("energy", "forces_direct")))
+    conservative = measure_saved_activations(
+        model, lambda: model(batch, ("energy", "forces"), conservative=True)
+    )
+    estimate = estimate_activation_memory(cfg.backbone, 1000, num_edges / num_atoms, 4).total_bytes
+    return {
+        "structure": f"Si {num_atoms} atoms, {num_edges / num_atoms:.0f} edges/atom, fp32",
+        "direct": direct * per_1000,
+        "conservative": conservative * per_1000,
+        "estimate_same_edges": estimate,
+    }
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"atomfm model info: --set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,143 @@
+"""Per-element reference energies per level of theory, fitted by least squares over compositions.
+
+Total energies from different levels of theory differ by large, nearly additive per-element offsets
+(xTB, a DFT functional and amber14 disagree by hundreds of eV on the same molecule). The model predicts
+E = Σ_i E_ref[level, Z_i] + learned part, with the table fitted once over the training corpus:
+E_ref[level] = argmin Σ_structures (E − Σ_Z n_Z E_ref[level, Z])², the minimum-norm solution where
+compositions do not determine it (an element never seen at a level gets 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ase.data import atomic_numbers as ELEMENT_NUMBERS
+from ase.data import chemical_symbols
+from torch import Tensor, nn
+
+from data_pipeline.vocab import LEVELS_OF_THEORY, level_index
+
+NUM_ELEMENTS = 119  # index 0 is the mask token and never carries an energy
+
+
+class ReferenceEnergies(nn.Module):
+    """The table as a buffer ``energies`` [num_levels, 119] eV, saved with the model's weights."""
+
+    def __init__(self, num_levels: int) -> None:
+        super().__init__()
+        self.register_buffer("energies", torch.zeros(num_levels, NUM_ELEMENTS))
+
+    def forward(self, z: Tensor, level_per_atom: Tensor) -> Tensor:
+        """Reference energy of each atom [N] eV, for atomic numbers z [N] at levels of theory [N]."""
+        return self.energies[level_per_atom, z]
+
+    @torch.no_grad()
+    def set_table(self, table: Tensor) -> None:
+        """Replace the table with ``table`` [num_levels, 119] eV (e.g. from :func:`fit_reference_energies`)."""
+        if table.shape != self.energies.shape:
+            raise ValueError(
+                f"reference energy table has shape {tuple(table.shape)}, "
+                f"expected {tuple(self.energies.shape)}"
+            )
+        table = table.to(self.energies)
+        table[:, 0] = 0.0
+        self.energies.copy_(table)
+
+
+class CompositionLeastSquares:
+    """Accumulates the normal equations of the composition fit, one level of theory at a time, in float64."""
+
+    def __init__(self, num_levels: int) -> None:
+        self.gram = np.zeros((num_levels, NUM_ELEMENTS, NUM_ELEMENTS))
+        self.rhs = np.zeros((num_levels, NUM_ELEMENTS))
+        self.num_structures = np.zeros(num_levels, dtype=np.int64)
+
+    def add(self, counts: np.ndarray, energies: np.ndarray, levels: np.ndarray) -> None:
+        """counts [S, 119] atoms of each element; energies [S] eV; levels [S] level-of-theory indices."""
+        counts, energies, levels = (np.asarray(a) for a in (counts, energies, levels))
+        if not np.isfinite(energies).all():
+            raise ValueError("non-finite energy in the reference-energy fit")
+        for level in np.unique(levels):
+            rows = levels == level
+            a = counts[rows].astype(np.float64)
+            self.gram[level] += a.T @ a
+            self.rhs[level] += a.T @ energies[rows].astype(np.float64)
+            self.num_structures[level] += int(rows.sum())
+
+    def solve(self) -> Tensor:
+        """The fitted table [num_levels, 119] eV (float64)."""
+        table = np.zeros_like(self.rhs)
+        for level in np.flatnonzero(self.num_structures):
+            table[level] = np.linalg.lstsq(self.gram[level], self.rhs[level], rcond=None)[0]
+        table[:, 0] = 0.0
+        return torch.from_numpy(table)
+
+
+def fit_reference_energies(batches: Iterable[Any], num_levels: int = len(LEVELS_OF_THEORY)) -> Tensor:
+    """Fit the table [num_levels, 119] eV from batches of the batch contract (``z``, ``batch``, ``energy``,
+    ``has_energy``, ``level_of_theory``); structures without an energy label are ignored."""
+    fit = CompositionLeastSquares(num_levels)
+    for b in batches:
+        num_graphs = int(b.energy.shape[0])
+        counts = torch.zeros(num_graphs, NUM_ELEMENTS, dtype=torch.float64)
+        counts.index_put_(
+            (b.batch.cpu(), b.z.cpu()), torch.ones(b.z.numel(), dtype=torch.float64), accumulate=True
+        )
+        labelled = b.has_energy.cpu().bool()
+        fit.add(
+            counts[labelled].numpy(),
+            b.energy.cpu()[labelled].double().numpy(),
+            b.level_of_theory.cpu()[labelled].numpy(),
+        )
+    return fit.solve()
+
+
+def fit_reference_energies_from_arrays(
+    atomic_numbers: Sequence[np.ndarray],
+    energies: Sequence[float],
+    levels: Sequence[str | int],
+    num_levels: int = len(LEVELS_OF_THEORY),
+) -> Tensor:
+    """Fit the table from per-structure arrays: atomic numbers [N_s], energy (eV), level (name or index)."""
+    if not len(atomic_numbers) == len(energies) == len(levels):
+        raise ValueError(
+            f"got {len(atomic_numbers)} structures, {len(energies)} energies and "
+            f"{len(levels)} levels of theory; expected one of each per structure"
+        )
+    counts = np.stack(
+        [
+            np.bincount(np.asarray(z, dtype=np.int64), minlength=NUM_ELEMENTS)[:NUM_ELEMENTS]
+            for z in atomic_numbers
+        ]
+    )
+    level_ids = np.array([lv if isinstance(lv, (int, np.integer)) else level_index(lv) for lv in levels])
+    fit = CompositionLeastSquares(num_levels)
+    fit.add(counts, np.asarray(energies, dtype=np.float64), level_ids)
+    return fit.solve()
+
+
+def table_from_dict(values: Mapping[str, Mapping[str, float]], num_levels: int) -> Tensor:
+    """``{level name: {element symbol: eV}}`` → table [num_levels, 119]; unknown names raise ValueError."""
+    table = torch.zeros(num_levels, NUM_ELEMENTS, dtype=torch.float64)
+    for level, per_element in values.items():
+        if level.lower() not in LEVELS_OF_THEORY[:num_levels]:
+            raise ValueError(
+                f"reference_energies: unknown level of theory {level!r}; "
+                f"expected one of {', '.join(LEVELS_OF_THEORY[:num_levels])}"
+            )
+        for symbol, energy in per_element.items():
+            if symbol not in ELEMENT_NUMBERS or ELEMENT_NUMBERS[symbol] == 0:
+                raise ValueError(f"reference_energies[{level!r}]: unknown element symbol {symbol!r}")
+            table[level_index(level), ELEMENT_NUMBERS[symbol]] = float(energy)
+    return table
+
+
+def table_to_dict(table: Tensor) -> dict[str, dict[str, float]]:
+    """Inverse of :func:`table_from_dict`, listing only the non-zero entries (JSON-serialisable)."""
+    out: dict[str, dict[str, float]] = {}
+    for level, z in torch.nonzero(table).tolist():
+        out.setdefault(LEVELS_OF_THEORY[level], {})[chemical_symbols[z]] = float(table[level, z])
+    return out
