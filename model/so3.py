@@ -150,14 +150,19 @@ def wigner_d(rotation: Tensor, lmax: int) -> list[Tensor]:
 
 
 def _next_wigner_block(d1: Tensor, previous: Tensor, ell: int) -> Tensor:
-    """D_l [..., 2l+1, 2l+1] from D_1 [..., 3, 3] and D_(l-1) [..., 2l-1, 2l-1]."""
+    """D_l [..., 2l+1, 2l+1] from D_1 [..., 3, 3] and D_(l-1) [..., 2l-1, 2l-1].
+
+    D_l[m, n] = s(n) sum_(i, a) D_1[i, j(n)] row_mix[i, m, a] D_(l-1)[a, b(n)]: contracting D_1 with the
+    constant row mixing first is one GEMM with K = 3, leaving a small batched matmul per edge.
+    """
     row_mix, column_scale = _ivanic_ruedenberg_tables(ell, previous.dtype, previous.device)
-    # mixed[..., i, m, b] = sum_a row_mix[i, m, a] D_(l-1)[a, b]   (i = row of D_1: m' = -1, 0, 1)
-    mixed = torch.matmul(row_mix, previous.unsqueeze(-3))
-    interior = torch.einsum("...i,...imb->...mb", d1[..., :, 1], mixed) * column_scale[1:-1]
-    edge_columns = mixed[..., (0, -1)]  # columns b = -(l-1) and l-1
-    from_plus = torch.einsum("...i,...imb->...mb", d1[..., :, 2], edge_columns)
-    from_minus = torch.einsum("...i,...imb->...mb", d1[..., :, 0], edge_columns)
+    size, width = 2 * ell + 1, 2 * ell - 1
+    # left[..., j, m, a] = sum_i D_1[i, j] row_mix[i, m, a]   (i, j = -1, 0, 1: rows and columns of D_1)
+    left = (d1.transpose(-1, -2).reshape(-1, 3) @ row_mix).view(*d1.shape[:-2], 3, size, width)
+    interior = torch.matmul(left[..., 1, :, :], previous) * column_scale[1:-1]  # columns n = -(l-1)..l-1
+    ends = previous[..., :, (0, -1)]  # columns b = -(l-1) and l-1
+    from_plus = torch.matmul(left[..., 2, :, :], ends)
+    from_minus = torch.matmul(left[..., 0, :, :], ends)
     column_minus_l = (from_plus[..., 0] + from_minus[..., 1]) * column_scale[0]
     column_plus_l = (from_plus[..., 1] - from_minus[..., 0]) * column_scale[-1]
     return torch.cat([column_minus_l.unsqueeze(-1), interior, column_plus_l.unsqueeze(-1)], dim=-1)
@@ -209,6 +214,7 @@ def _ivanic_ruedenberg_arrays(ell: int) -> tuple[np.ndarray, np.ndarray]:
 @cache
 def _ivanic_ruedenberg_tables(ell: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     row_mix, column_scale = _ivanic_ruedenberg_arrays(ell)
+    row_mix = row_mix.reshape(3, -1)  # [i, (m, a)]
     return (
         torch.as_tensor(row_mix, dtype=dtype, device=device),
         torch.as_tensor(column_scale, dtype=dtype, device=device),
