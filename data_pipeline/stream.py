@@ -17,7 +17,7 @@ import hashlib
 import logging
 import os
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -223,6 +223,8 @@ class StructureStream:
         )
 
     def __iter__(self) -> Iterator[Batch]:
+        """The rest of the current epoch (all of it after a complete one); endless with ``repeat``."""
+        resumed = any(self._done) or any(p != (0, 0) for p in self._progress)
         readers = _Readers(
             self.cfg,
             self.table,
@@ -240,11 +242,19 @@ class StructureStream:
                 readers, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_as_sent
             )
             reports = iter(loader)
-        yield from self._in_reader_order(reports)
+        delivered = yield from self._in_reader_order(reports)
+        if not delivered and resumed and not self.cfg.repeat:
+            yield from self  # resumed after the last batch of an epoch: go on with the next one
 
-    def _in_reader_order(self, reports: Iterator[tuple[Batch | None, _ReaderReport]]) -> Iterator[Batch]:
-        """Round robin over the readers from ``_next_reader``, whatever order the workers deliver in."""
+    def _in_reader_order(
+        self, reports: Iterator[tuple[Batch | None, _ReaderReport]]
+    ) -> Generator[Batch, None, int]:
+        """Round robin over the readers from ``_next_reader``, whatever order the workers deliver in.
+
+        Returns the number of batches delivered.
+        """
         waiting: dict[int, deque] = {k: deque() for k in range(self.num_readers)}
+        delivered = 0
         while not all(self._done):
             k = self._next_reader
             while not waiting[k]:
@@ -262,12 +272,14 @@ class StructureStream:
             self._next_reader = self._reader_after(k)
             if batch is not None:
                 self.stats.count(batch)
+                delivered += 1
                 yield batch
         if self.cfg.repeat:
             log.warning("rank %d has no samples to repeat: its readers' shares are empty", self.rank)
-            return
+            return delivered
         self.epoch += 1
         self._start_epoch()
+        return delivered
 
     def _reader_after(self, k: int) -> int:
         for step in range(1, self.num_readers + 1):
@@ -419,15 +431,14 @@ class _Readers(IterableDataset):
         cfg, stats, graphs = self.cfg, StreamStats(), []
         for ref in refs:
             fetched = fetch.get(ref)
-            if ref.natoms > cfg.max_atoms:
-                stats.oversize += 1
-                if cfg.skip_oversize:
-                    stats.skip("oversize", fetched.where)
-                    continue
             if fetched.raw is None:
                 stats.skip("missing", fetched.where)
                 if fetched.damaged_shard is not None:
                     stats.skipped_shards += 1
+                continue
+            if ref.natoms > cfg.max_atoms and cfg.skip_oversize:
+                stats.oversize += 1
+                stats.skip("oversize", fetched.where)
                 continue
             try:
                 s = decode_sample(fetched.raw, source=fetched.url)
@@ -450,6 +461,9 @@ class _Readers(IterableDataset):
             except (ValueError, RuntimeError) as err:
                 log.warning("skipped %s (%s): no neighbour list: %s", s.key, fetched.where, err)
                 stats.skip("no_graph", f"{fetched.where} ({s.key})")
+                continue
+            if s.num_atoms > cfg.max_atoms:
+                stats.oversize += 1
         if cfg.max_edges is None:
             return ([graphs] if graphs else []), stats
         parts = []

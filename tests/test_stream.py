@@ -233,6 +233,22 @@ def test_every_epoch_reshuffles_and_delivers_everything(corpus, structures):
     assert first != second and stream.epoch == 2
 
 
+def test_resume_after_the_last_batch_of_an_epoch_goes_on_with_the_next(corpus):
+    cfg = _config(corpus, repeat=False, max_atoms=300)
+    uninterrupted = StructureStream(cfg)
+    first = [batch.key for batch in uninterrupted]
+    second = [batch.key for batch in uninterrupted]
+    interrupted = StructureStream(cfg)
+    for count, _ in enumerate(interrupted, start=1):
+        if count == len(first):
+            saved = interrupted.state_dict()  # after the epoch's last batch, before the stream sees the end
+            break
+    restarted = StructureStream(cfg)
+    restarted.load_state_dict(saved)
+    assert [batch.key for batch in restarted] == second
+    assert restarted.epoch == 2
+
+
 RESUME_SCRIPT = """
 import json, sys, torch
 from data_pipeline.stream import StreamConfig, StructureStream
