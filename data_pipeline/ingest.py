@@ -540,9 +540,7 @@ def key_prefixes(files: Sequence[Path], source: str) -> dict[Path, str]:
 
 
 def default_source_name(inputs: Sequence[str]) -> str:
-    """The source name of a single INPUT: its file stem or folder name (a glob: the folder before the wildcard)."""
-    if len(inputs) != 1:
-        raise BadInputError("several inputs: name the source with --source", field="source")
+    """The source name when none is given: the first INPUT's file stem or folder name (a glob: its folder)."""
     arg = inputs[0]
     if _has_glob(arg):
         arg = re.split(r"[*?\[]", arg, maxsplit=1)[0].rstrip("/") or "."

@@ -165,11 +165,11 @@ def inspect_corpus(corpus: str | Path, *, verify: bool = True) -> dict[str, Any]
 
 def _size(num_bytes: int) -> str:
     value = float(num_bytes)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    for unit in ("B", "KB", "MB"):
+        if value < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
-    raise AssertionError("unreachable")
+    return f"{value:.1f} GB"
 
 
 def format_report(report: dict[str, Any]) -> str:

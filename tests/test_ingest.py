@@ -21,7 +21,7 @@ from ase.io import write
 from webdataset.tariterators import tarfile_samples
 
 from data_pipeline.cli import register
-from data_pipeline.ingest import ingest_structures
+from data_pipeline.ingest import corpus_lock, ingest_structures
 from data_pipeline.inspect_corpus import inspect_corpus
 from data_pipeline.manifest import read_manifest
 from data_pipeline.readers import read_structures
@@ -305,3 +305,32 @@ def test_killed_ingest_resumes_to_the_same_corpus(tmp_path):
     assert shard_digests(killed) == shard_digests(fresh)
     assert resumed.sources["g2"]["skipped"] == reference.sources["g2"]["skipped"]
     assert resumed.summary() == reference.summary()
+
+
+def test_rerun_rewrites_a_damaged_shard_and_what_follows_it(tmp_path):
+    path = g2_extxyz(tmp_path)
+    corpus = tmp_path / "corpus"
+    command = ["data", "ingest", str(path), "--out", str(corpus), "--shard-size", "20"]
+    assert atomfm(command) == 0
+    original = shard_digests(corpus)
+    train = sorted(p for p in original if "-train-" in p)
+    damaged = corpus / train[2]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    untouched = {p: (corpus / p).stat().st_mtime_ns for p in train[:2]}
+    assert atomfm(command) == 0
+    assert shard_digests(corpus) == original
+    assert {p: (corpus / p).stat().st_mtime_ns for p in untouched} == untouched
+    manifest = read_manifest(corpus)
+    run = manifest.sources["g2"]["runs"][-1]
+    assert run["resumed"] == 40 + sum(s.num_samples for s in manifest.shards if s.split != "train")
+    assert run["written"] == len(g2) - run["resumed"]
+
+
+def test_a_second_ingest_into_a_locked_corpus_is_refused(tmp_path):
+    with corpus_lock(tmp_path):
+        with pytest.raises(BadInputError, match="another `atomfm data ingest` is writing this corpus"):
+            ingest_structures(g2_conformers(2, 1), tmp_path, source="g2", progress=False)
+    record = ingest_structures(g2_conformers(2, 1), tmp_path, source="g2", progress=False)
+    assert record["structures"] == 2
