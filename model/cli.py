@@ -85,31 +85,29 @@ def info(args: argparse.Namespace) -> int:
         if cfg.long_range
         else "off",
     )
-    estimate = {}
-    for label, nbytes in (("fp32", 4), ("bf16", 2)):
-        est = estimate_activation_memory(bb, 1000, args.edges_per_atom, nbytes)
-        estimate[label] = est.total_bytes
     report["activation_memory_per_1000_atoms"] = {
         "edges_per_atom": args.edges_per_atom,
-        **{k: v for k, v in estimate.items()},
-        "how": "analytic: tensors autograd keeps per layer, per edge and per atom (model/activation_memory.py); "
-        "conservative forces (double backward) roughly double it; activation checkpointing keeps one "
-        "layer's worth plus the layer inputs",
+        "fp32_bytes": estimate_activation_memory(bb, 1000, args.edges_per_atom, 4).total_bytes,
+        "bf16_bytes": estimate_activation_memory(bb, 1000, args.edges_per_atom, 2).total_bytes,
+        "how": "analytic count of the tensors autograd keeps per layer, per edge and per atom, for an energy "
+        "and direct-force loss (model/activation_memory.py); conservative-force training measures ~3x that; "
+        "activation checkpointing keeps little more than each layer's input",
     }
     if args.measure:
-        report["measured"] = _measure(cfg)
+        report["measured_per_1000_atoms"] = _measure(cfg)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     for key, value in report.items():
+        if isinstance(value, dict):
+            print(key)
+            for k, v in value.items():
+                print(f"  {k:<32}{_format_bytes(v) if k.endswith('_bytes') else v}")
+            continue
         if key == "heads":
             value = ", ".join(value)
-        elif key == "parameters" or key.endswith("_parameters"):
+        elif key.endswith("parameters"):
             value = f"{value:,}"
-        elif isinstance(value, dict):
-            value = "; ".join(
-                f"{k}: {_format_bytes(v) if isinstance(v, float) else v}" for k, v in value.items()
-            )
         print(f"{key:<34}{value}")
     return 0
 
@@ -167,9 +165,9 @@ def _measure(cfg: Any) -> dict[str, Any]:
     estimate = estimate_activation_memory(cfg.backbone, 1000, num_edges / num_atoms, 4).total_bytes
     return {
         "structure": f"Si {num_atoms} atoms, {num_edges / num_atoms:.0f} edges/atom, fp32",
-        "direct": direct * per_1000,
-        "conservative": conservative * per_1000,
-        "estimate_same_edges": estimate,
+        "direct_forces_bytes": direct * per_1000,
+        "conservative_forces_bytes": conservative * per_1000,
+        "estimate_same_edges_bytes": estimate,
     }
 
 
