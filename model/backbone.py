@@ -140,10 +140,12 @@ class EdgeDegreeEmbedding(nn.Module):
             [geometry.radial_basis, scalars.index_select(0, source), scalars.index_select(0, target)], dim=-1
         )
         on_axis = self.radial_mlp(features).unflatten(-1, (self.lmax + 1, self.channels))
-        envelope = geometry.envelope.to(on_axis.dtype)
-        values = rotate_from_edge_frame(on_axis * envelope[:, None, None], geometry.wigner, mmax=0)
+        values = rotate_from_edge_frame(on_axis, geometry.wigner, mmax=0).to(scalars.dtype)
+        envelope = geometry.envelope.to(scalars.dtype)
         num_atoms = scalars.shape[0]
-        total = values.new_zeros(num_atoms, *values.shape[1:]).index_add(0, target, values)
+        total = values.new_zeros(num_atoms, *values.shape[1:]).index_add(
+            0, target, values * envelope[:, None, None]
+        )
         weight = envelope.new_zeros(num_atoms).index_add(0, target, envelope)
         return total * torch.rsqrt(1 + weight)[:, None, None]
 

@@ -10,9 +10,9 @@ from model.backbone import BackboneConfig, EquivariantTransformer
 
 # Name -> BackboneConfig keyword arguments. Parameter counts (count_backbone_parameters) in the comments.
 SIZES: dict[str, dict[str, Any]] = {
-    # ~1.0M: tests, the laptop demo
+    # ~1.07M: tests, the laptop demo
     "tiny": dict(lmax=2, mmax=2, channels=64, num_layers=4, num_heads=4, attn_channels=32, ffn_channels=128),
-    # ~20M
+    # ~20.6M
     "small": dict(
         lmax=4, mmax=2, channels=128, num_layers=8, num_heads=8, attn_channels=64, ffn_channels=256
     ),
@@ -20,11 +20,11 @@ SIZES: dict[str, dict[str, Any]] = {
     "base": dict(
         lmax=6, mmax=2, channels=128, num_layers=12, num_heads=8, attn_channels=64, ffn_channels=512
     ),
-    # ~400M
+    # ~396M
     "large": dict(
         lmax=6, mmax=3, channels=256, num_layers=16, num_heads=8, attn_channels=128, ffn_channels=1024
     ),
-    # ~1.56B: needs ZeRO-3 or activation checkpointing on one GPU
+    # ~1.56B
     "xl": dict(
         lmax=6, mmax=3, channels=512, num_layers=16, num_heads=16, attn_channels=256, ffn_channels=2048
     ),
