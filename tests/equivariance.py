@@ -90,8 +90,8 @@ def assert_equivariant(
         outputs = _as_tuple(fn(*moved))
         for index, (out, ref, kind) in enumerate(zip(outputs, reference, output_kinds, strict=True)):
             expected = transform(ref, kind, rotation, translation)
-            scale = float(expected.abs().max()) or 1.0
-            worst = max(worst, float((out - expected).abs().max()) / scale)
+            scale = float(expected.detach().abs().max()) or 1.0
+            worst = max(worst, float((out - expected).detach().abs().max()) / scale)
             torch.testing.assert_close(
                 out,
                 expected,

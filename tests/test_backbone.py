@@ -84,6 +84,7 @@ def _alanine() -> tuple[torch.Tensor, torch.Tensor]:
         (6, 2, "gate"),
     ],
 )
+@torch.no_grad()
 def test_backbone_is_rotation_and_translation_equivariant(lmax, mmax, activation):
     z, pos = _ethanol()
     fn = _molecule_fn(_model(lmax=lmax, mmax=mmax, activation=activation), z)
@@ -94,6 +95,7 @@ def test_backbone_is_rotation_and_translation_equivariant(lmax, mmax, activation
     assert_equivariant(fn, [pos, vectors], ["position", "vector"], ["spherical"], rtol=1e-8)
 
 
+@torch.no_grad()
 def test_s2_activation_error_is_grid_aliasing_and_falls_with_resolution():
     lmax, channels = 4, 8
     generator = torch.Generator().manual_seed(4)
@@ -109,6 +111,7 @@ def test_s2_activation_error_is_grid_aliasing_and_falls_with_resolution():
     assert errors[1] < errors[0] / 100 and errors[2] < 1e-9
 
 
+@torch.no_grad()
 def test_backbone_is_permutation_equivariant():
     z, pos = _ethanol()
     model = _model(lmax=3, mmax=2)
@@ -118,6 +121,7 @@ def test_backbone_is_permutation_equivariant():
     torch.testing.assert_close(x_permuted, x[permutation])
 
 
+@torch.no_grad()
 def test_mirror_image_gives_different_invariants():
     z, pos = _alanine()
     # Chirality needs three layers to reach the invariants: the SO(2) convolution's m/-m mixing makes the
@@ -177,6 +181,7 @@ def test_forces_have_finite_correct_second_derivatives_with_axis_aligned_edges()
     assert any(g is not None and g.abs().max() > 0 for g in grads)
 
 
+@torch.no_grad()
 def test_output_is_continuous_as_a_bond_stretches_across_the_cutoff():
     atoms = molecule("N2")
     z = torch.tensor(atoms.numbers)
@@ -221,6 +226,7 @@ def test_bf16_autocast_stays_close_to_float32():
     assert (low.float() - reference).norm() < 0.05 * reference.norm()
 
 
+@torch.no_grad()
 def test_conditioning_changes_the_output_and_rejects_out_of_range_values():
     z, pos = _ethanol()
     model = _model(lmax=1, mmax=1)
