@@ -21,7 +21,7 @@ from data_pipeline.schema import Structure
 
 TMP_SUFFIX = ".tmp"
 # Tar member timestamps are fixed so that the same records always give byte-identical shards (same sha256).
-MEMBER_MTIME = 0.0
+MEMBER_MTIME = 0  # an int: a float mtime makes tarfile add a PAX header (1 KB) to every member
 
 
 def shard_name(source: str, domain: str, split: str, index: int) -> str:

@@ -108,7 +108,9 @@ def test_same_records_give_byte_identical_shards(tmp_path):
     second, _ = write_all(tmp_path / "b", structures, shard_size=3)
     assert [s.sha256 for s in first] == [s.sha256 for s in second]
     with tarfile.open(tmp_path / "a" / first[0].path) as tar:
-        assert {m.mtime for m in tar.getmembers()} == {int(MEMBER_MTIME)}
+        members = tar.getmembers()
+    assert {m.mtime for m in members} == {MEMBER_MTIME}
+    assert not any(m.pax_headers for m in members)  # no 1 KB extended header per member
 
 
 def test_failure_mid_shard_leaves_only_finished_shards(tmp_path):
