@@ -135,7 +135,7 @@ def _corpus_keys(out_dir: Path, manifest: Manifest, *, exclude_source: str) -> d
         except (OSError, tarfile.TarError, ValueError, KeyError) as err:
             raise BadInputError(
                 f"cannot read the keys of this shard of source {info.source!r} ({err}); "
-                "run `atomfm data inspect` on the corpus",
+                f"`atomfm data inspect` shows the damage, and re-running {info.source!r}'s ingest repairs it",
                 path=str(path),
             ) from None
     return owners
