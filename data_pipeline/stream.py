@@ -38,6 +38,7 @@ from data_pipeline.stream_plan import (
     ShardEntry,
     load_shard_table,
     shard_reads_in_epoch,
+    splits_by_shard,
 )
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class StructureStream:
         self._start_epoch()
         slots = self.world_size * self.num_readers
         split_by = {
-            d: "shard" if sum(e.domain == d for e in self.table) >= slots else "sample"
+            d: "shard" if splits_by_shard(self.table, d, slots) else "sample"
             for d, p in self.probabilities.items()
             if p > 0
         }

@@ -91,6 +91,11 @@ def load_shard_table(corpora: list[str], split: str) -> list[ShardEntry]:
     return table
 
 
+def splits_by_shard(table: list[ShardEntry], domain: str, slots: int) -> bool:
+    """True when ``domain`` has enough shards to split by shard over ``slots`` readers, else split by sample."""
+    return sum(entry.domain == domain for entry in table) >= slots
+
+
 def shard_reads_in_epoch(
     table: list[ShardEntry], domain: str, epoch: int, seed: int, slot: ReaderSlot, first_seq: int = 0
 ) -> list[ShardRead]:
@@ -99,7 +104,7 @@ def shard_reads_in_epoch(
     order = [shards[i] for i in _rng(seed, _SHARD_ORDER, _word(domain), epoch).permutation(len(shards))]
     reads = []
     seq = first_seq
-    if len(shards) >= slot.count:
+    if splits_by_shard(table, domain, slot.count):
         for shard in order[slot.index :: slot.count]:
             reads.append(ShardRead(shard, range(table[shard].num_samples), seq))
             seq += table[shard].num_samples

@@ -45,8 +45,9 @@ def corpus(tmp_path_factory, structures):
 
 @pytest.fixture(scope="module")
 def damaged_corpus(tmp_path_factory, corpus, structures):
-    """The corpus with three damaged molecule shards; returns (folder, key of the undecodable sample, keys lost
-    behind the bad header)."""
+    """The corpus with three damaged molecule shards (8 samples each). Returns the folder, the keys whose
+    samples are unreadable (flipped bytes in one; the other cut in half by the truncation) and the keys of the
+    samples the damaged tars no longer hold."""
     folder = tmp_path_factory.mktemp("damaged") / "corpus"
     shutil.copytree(corpus, folder)
     names = sorted(p.name for p in folder.glob("test-molecule-train-*.tar"))
@@ -54,12 +55,18 @@ def damaged_corpus(tmp_path_factory, corpus, structures):
     with tarfile.open(flipped) as tar:
         npz = tar.getmember("000000003.npz")
     _flip(flipped, npz.offset_data + npz.size // 2, 8)
-    truncated.write_bytes(truncated.read_bytes()[: int(truncated.stat().st_size * 0.6)])
+    with tarfile.open(truncated) as tar:
+        cut = tar.getmember("000000005.npz")
+    truncated.write_bytes(truncated.read_bytes()[: cut.offset_data + cut.size // 2])
     with tarfile.open(bad_header) as tar:
         header = tar.getmember("000000004.json")
-    _flip(bad_header, header.offset + 10, 4)
-    molecule_keys = [s.key for s in structures[0] if s.domain == "molecule"]
-    return folder, molecule_keys[8 + 3], molecule_keys[6 * 8 + 4 : 6 * 8 + 8]
+    _flip(bad_header, header.offset + 10, 4)  # tar reading stops at a header whose checksum fails
+    keys = [s.key for s in structures[0] if s.domain == "molecule"]
+    return (
+        folder,
+        {keys[8 + 3], keys[4 * 8 + 5]},
+        set(keys[4 * 8 + 6 : 4 * 8 + 8] + keys[6 * 8 + 4 : 6 * 8 + 8]),
+    )
 
 
 def _flip(path: Path, offset: int, count: int) -> None:
@@ -166,20 +173,32 @@ def test_round_trip_gives_back_every_structure_once(corpus, structures):
 
 def test_no_batch_exceeds_its_budgets_and_oversize_structures_are_counted(tmp_path):
     big = protein_frames(1, name="adk_open.pdb")  # 3341 atoms
-    write_corpus(tmp_path, molecules(40) + crystals(10) + big + protein_frames(3), shard_size=10)
-    budgets = {"max_atoms": 400, "max_edges": 9000, "max_structures": 12}
+    structures = molecules(40) + crystals(10) + big + protein_frames(3)
+    write_corpus(tmp_path, structures, shard_size=10)
+    budgets = {"max_atoms": 400, "max_edges": 4000, "max_structures": 12}
+    oversize = {
+        s.key
+        for s in structures
+        if s.num_atoms > 400 or radius_graph_pbc(s.positions, s.cell, s.pbc, CUTOFF)[0].shape[1] > 4000
+    }
+    assert big[0].key in oversize and len(oversize) > 1, "the peptide frames alone have more than 4000 edges"
     stream = StructureStream(_config(tmp_path, repeat=False, **budgets))
     keys = []
     for batch in stream:
         keys += batch.key
         if batch.num_graphs > 1:
-            assert batch.num_nodes <= 400 and batch.edge_index.shape[1] <= 9000 and batch.num_graphs <= 12
-    assert sorted(keys) == sorted(s.key for s in molecules(40) + crystals(10) + big + protein_frames(3))
-    assert stream.stats.oversize == 1 and stream.stats.structures == len(keys)
+            assert batch.num_nodes <= 400 and batch.edge_index.shape[1] <= 4000 and batch.num_graphs <= 12
+        else:
+            assert batch.key[0] in oversize or batch.edge_index.shape[1] <= 4000
+    assert sorted(keys) == sorted(s.key for s in structures)
+    assert stream.stats.oversize == len(oversize) and stream.stats.structures == len(keys)
+    atoms_only = StructureStream(_config(tmp_path, repeat=False, max_atoms=400, max_structures=12))
+    assert any(b.num_graphs > 1 and b.edge_index.shape[1] > 4000 for b in atoms_only), "max_edges must bind"
     skipping = StructureStream(_config(tmp_path, repeat=False, skip_oversize=True, **budgets))
     kept = [k for batch in skipping for k in batch.key]
-    assert big[0].key not in kept and len(kept) == len(keys) - 1
-    assert skipping.stats.skipped_samples == {"oversize": 1} and skipping.stats.oversize == 1
+    assert sorted(kept) == sorted(set(keys) - oversize)
+    assert skipping.stats.skipped_samples == {"oversize": len(oversize)}
+    assert skipping.stats.oversize == len(oversize)
 
 
 def test_temperature_sampling_follows_corpus_sizes():
@@ -205,24 +224,20 @@ def test_mixing_proportions_match_the_weights(corpus):
 
 
 def test_damaged_shards_are_skipped_logged_and_counted(damaged_corpus, structures, caplog):
-    folder, undecodable_key, lost_keys = damaged_corpus
+    folder, unreadable, lost = damaged_corpus
     stream = StructureStream(_config(folder, repeat=False, num_workers=2, max_atoms=200))
     delivered = [k for batch in stream for k in batch.key]
     stats = stream.stats
-    train = {s.key for s in structures[0]}
-    assert len(delivered) == len(set(delivered)) and set(delivered) < train
-    assert undecodable_key not in delivered and not set(lost_keys) & set(delivered)
-    assert stats.skipped_samples["undecodable"] == 1
-    assert stats.skipped_samples["missing"] >= len(lost_keys) + 1
-    assert sum(stats.skipped_samples.values()) + len(delivered) == len(train)
+    assert sorted(delivered) == sorted({s.key for s in structures[0]} - unreadable - lost)
+    assert stats.skipped_samples == {"undecodable": len(unreadable), "missing": len(lost)}
     assert stats.skipped_shards == 2
-    assert any(undecodable_key in where for where in stats.skipped_keys)
+    assert all(any(key in where for where in stats.skipped_keys) for key in unreadable)
     in_process = StructureStream(_config(folder, repeat=False, num_workers=0, max_atoms=200))
     with caplog.at_level("WARNING"):
         assert sorted(k for batch in in_process for k in batch.key) == sorted(delivered)
     assert in_process.stats.skipped_samples == stats.skipped_samples
     assert in_process.stats.skipped_shards == stats.skipped_shards
-    assert "damaged shard" in caplog.text and undecodable_key in caplog.text
+    assert "damaged shard" in caplog.text and all(key in caplog.text for key in unreadable)
 
 
 def test_every_epoch_reshuffles_and_delivers_everything(corpus, structures):
@@ -268,7 +283,7 @@ torch.save(results, sys.argv[2])
 
 
 def test_resume_in_a_new_process_continues_with_identical_batches(damaged_corpus, tmp_path):
-    folder, _, _ = damaged_corpus
+    folder = damaged_corpus[0]
     cfg = _config(folder, num_workers=2, max_atoms=150, max_edges=3000, seed=3)
     stream = StructureStream(cfg)
     batches, states, stats = [], [], []
