@@ -45,9 +45,9 @@ def corpus(tmp_path_factory, structures):
 
 @pytest.fixture(scope="module")
 def damaged_corpus(tmp_path_factory, corpus, structures):
-    """The corpus with three damaged molecule shards (8 samples each). Returns the folder, the keys whose
-    samples are unreadable (flipped bytes in one; the other cut in half by the truncation) and the keys of the
-    samples the damaged tars no longer hold."""
+    """The corpus with three damaged molecule shards (8 samples each) and one deleted. Returns the folder, the
+    keys whose samples are unreadable (flipped bytes in one; the other cut in half by the truncation) and the
+    keys of the samples the damaged or missing tars no longer hold."""
     folder = tmp_path_factory.mktemp("damaged") / "corpus"
     shutil.copytree(corpus, folder)
     names = sorted(p.name for p in folder.glob("test-molecule-train-*.tar"))
@@ -61,12 +61,10 @@ def damaged_corpus(tmp_path_factory, corpus, structures):
     with tarfile.open(bad_header) as tar:
         header = tar.getmember("000000004.json")
     _flip(bad_header, header.offset + 10, 4)  # tar reading stops at a header whose checksum fails
+    (folder / names[7]).unlink()
     keys = [s.key for s in structures[0] if s.domain == "molecule"]
-    return (
-        folder,
-        {keys[8 + 3], keys[4 * 8 + 5]},
-        set(keys[4 * 8 + 6 : 4 * 8 + 8] + keys[6 * 8 + 4 : 6 * 8 + 8]),
-    )
+    lost = keys[4 * 8 + 6 : 4 * 8 + 8] + keys[6 * 8 + 4 : 6 * 8 + 8] + keys[7 * 8 :]
+    return folder, {keys[8 + 3], keys[4 * 8 + 5]}, set(lost)
 
 
 def _flip(path: Path, offset: int, count: int) -> None:
@@ -230,7 +228,7 @@ def test_damaged_shards_are_skipped_logged_and_counted(damaged_corpus, structure
     stats = stream.stats
     assert sorted(delivered) == sorted({s.key for s in structures[0]} - unreadable - lost)
     assert stats.skipped_samples == {"undecodable": len(unreadable), "missing": len(lost)}
-    assert stats.skipped_shards == 2
+    assert stats.skipped_shards == 3
     assert all(any(key in where for where in stats.skipped_keys) for key in unreadable)
     in_process = StructureStream(_config(folder, repeat=False, num_workers=0, max_atoms=200))
     with caplog.at_level("WARNING"):
