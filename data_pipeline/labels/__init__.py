@@ -1,0 +1,14 @@
+"""Labels from real physics: GFN2-xTB (molecules), amber14 (proteins), EMT and CHGNet (crystals).
+
+>>> from data_pipeline.labels import label_structures
+>>> labelled = list(label_structures(structures, "auto", workers=2, skip_bad=True))
+
+Each labelled structure records its ``level_of_theory`` (``gfn2-xtb``, ``amber14``, ``emt``, ``chgnet``).
+"""
+
+from data_pipeline.labels.auto import labeller_for
+from data_pipeline.labels.base import Labeller, LabellingError
+from data_pipeline.labels.parallel import label_structures
+from data_pipeline.labels.registry import LABELLERS, labeller_class
+
+__all__ = ["LABELLERS", "Labeller", "LabellingError", "label_structures", "labeller_class", "labeller_for"]

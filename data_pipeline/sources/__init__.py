@@ -1,0 +1,33 @@
+"""Real structures from what installed packages ship, for the demo corpus and for tests.
+
+| builder | domain | what |
+| --- | --- | --- |
+| :func:`ccd_molecules` | molecule | PDB Chemical Component Dictionary ideal coordinates (biotite), rattled |
+| :func:`smiles_conformers` (+ :func:`read_smiles`) | molecule | RDKit ETKDG + MMFF conformers of SMILES (RDKit's NCI set) |
+| :func:`g2_molecules` | molecule | ASE's G2 collection |
+| :func:`protein_frames` (+ :func:`shipped_protein_chains`) | protein | amber14 vacuum MD frames of real chains |
+| :func:`emt_alloys` | material | random fcc alloys of the EMT metals |
+| :func:`crystals` | material | AFLOW prototypes, pymatgen structures, ASE elemental solids |
+
+Every builder yields unlabelled :class:`~data_pipeline.schema.Structure` records with domain and group
+id set and split empty; labels come from :mod:`data_pipeline.labels`.
+"""
+
+from data_pipeline.sources.ase_molecules import g2_molecules
+from data_pipeline.sources.ccd_molecules import ccd_molecules
+from data_pipeline.sources.crystals import crystals, shipped_crystals
+from data_pipeline.sources.emt_alloys import emt_alloys
+from data_pipeline.sources.protein_frames import protein_frames, shipped_protein_chains
+from data_pipeline.sources.smiles_conformers import read_smiles, smiles_conformers
+
+__all__ = [
+    "ccd_molecules",
+    "crystals",
+    "emt_alloys",
+    "g2_molecules",
+    "protein_frames",
+    "read_smiles",
+    "shipped_crystals",
+    "shipped_protein_chains",
+    "smiles_conformers",
+]
