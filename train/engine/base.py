@@ -1,0 +1,56 @@
+"""What the trainer needs from an engine (DeepSpeed or DDP), and the pieces both engines share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+
+class TrainEngine(Protocol):
+    """One optimiser step is ``grad_accum_steps`` calls of forward → backward → step.
+
+    ``step`` applies the optimiser only at the end of an accumulation window; ``is_boundary`` says whether the
+    next ``step`` will. ``module`` is the bare model (for the EMA and for building batches).
+    """
+
+    module: nn.Module
+
+    def forward(self, batch: Any, outputs: tuple[str, ...], conservative: bool) -> dict[str, Tensor]: ...
+
+    def backward(self, loss: Tensor) -> None: ...
+
+    @property
+    def is_boundary(self) -> bool: ...
+
+    def step(self) -> float | None:
+        """Advance one micro-batch; at a boundary apply the optimiser and return the global gradient norm."""
+
+    def lr(self) -> float: ...
+
+    def full_gradients(self) -> dict[str, Tensor]:
+        """Reduced gradients by parameter name (collective; between backward and step at a boundary)."""
+
+    def save(self, directory: Path) -> None:
+        """Write model, optimiser and scheduler state into ``directory`` (collective)."""
+
+    def load(self, directory: Path) -> None: ...
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices, none on biases, norms and other 1-D parameters."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def global_grad_norm(parameters: list[nn.Parameter]) -> float:
+    """L2 norm of all ``.grad`` (already reduced over ranks)."""
+    grads = [p.grad.detach().float() for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))

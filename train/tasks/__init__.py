@@ -1,0 +1,66 @@
+"""Training tasks, chosen by name in the config's ``tasks`` section.
+
+A task is enabled by listing it with a weight above zero (``tasks.stress.weight=0`` on the command line
+turns one off). Corrupting tasks run first, in this order: DeNS claims force-labelled structures, plain denoising noises a
+share of the rest, masked atom types hide elements. Regression and contrast then learn from the structures
+no task altered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from train.tasks.base import LossTerms, Task, TaskSettings
+from train.tasks.contrast import ConformerContrast
+from train.tasks.corruption import CorruptionState
+from train.tasks.denoise import CoordinateDenoising
+from train.tasks.dens import DeNS
+from train.tasks.energy import EnergyRegression
+from train.tasks.forces import ForceRegression
+from train.tasks.masked_atoms import MaskedAtomTypes
+from train.tasks.stress import StressRegression
+
+TASKS: dict[str, type[Task]] = {
+    cls.name: cls
+    for cls in (
+        DeNS,
+        CoordinateDenoising,
+        MaskedAtomTypes,
+        EnergyRegression,
+        ForceRegression,
+        StressRegression,
+        ConformerContrast,
+    )
+}
+# Tasks whose loss needs a derivative of the energy with its graph kept (a double backward in training).
+ENERGY_DERIVATIVE_TASKS = ("stress",)
+
+
+def task_settings(name: str, raw: dict[str, Any] | None, origin: Any) -> TaskSettings:
+    """Validated settings of task ``name``; ``origin`` (a ``train.config.ConfigOrigin``) names the source."""
+    from train.config import build_section, did_you_mean
+
+    if name not in TASKS:
+        raise origin.error(f"tasks.{name}", f"unknown task '{name}'{did_you_mean(name, list(TASKS))}")
+    settings = build_section(TASKS[name].Settings, raw or {}, f"tasks.{name}", origin)
+    for field_name, problem in settings.problems().items():
+        raise origin.error(f"tasks.{name}.{field_name}", problem)
+    return settings
+
+
+def build_tasks(raw: dict[str, dict[str, Any]], origin: Any) -> list[Task]:
+    """The enabled tasks (weight > 0) in registry order (corrupting tasks first)."""
+    settings = {name: task_settings(name, raw[name], origin) for name in TASKS if name in raw}
+    return [TASKS[name](s) for name, s in settings.items() if s.weight > 0]
+
+
+__all__ = [
+    "TASKS",
+    "ENERGY_DERIVATIVE_TASKS",
+    "CorruptionState",
+    "LossTerms",
+    "Task",
+    "TaskSettings",
+    "build_tasks",
+    "task_settings",
+]

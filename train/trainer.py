@@ -1,0 +1,370 @@
+"""The training loop: stream → corrupt → forward → per-domain balanced losses → engine step → EMA, logs, checkpoints.
+
+One optimiser step takes ``optim.grad_accum_steps`` finite micro-batches. A micro-batch whose loss is
+non-finite on any rank is dropped by every rank (no backward; the next batch takes its place) and counted;
+``run.max_nonfinite_in_row`` of them in a row save a checkpoint and stop the run with a clear message.
+SIGUSR1 or SIGTERM (e.g. SLURM's warning before the time limit) saves a checkpoint at the next step and stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_pipeline.stream import StreamConfig, StructureStream
+from model.atomfm import AtomFM
+from train.checkpoint import CheckpointManager, list_checkpoints, resolve_checkpoint
+from train.config import ConfigOrigin, TrainConfig, save_resolved_config
+from train.ema import ParameterEMA
+from train.engine import TrainEngine, build_engine
+from train.engine.distributed import DistContext
+from train.logging import RunLogger, peak_memory_gib
+from train.loss_balance import BalancedLoss, balance_losses
+from train.reference_fit import fit_reference_energies_on_corpus
+from train.tasks import CorruptionState, Task, build_tasks
+
+log = logging.getLogger(__name__)
+GRADIENTS_FILE = "gradients_step_{step}.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses in a row: the run stopped after saving a checkpoint."""
+
+
+@dataclass
+class TrainerState:
+    """Counters that make a run resumable; saved in every checkpoint's trainer_state.json."""
+
+    step: int = 0  # optimiser steps taken
+    micro_batches: int = 0  # finite micro-batches trained on (this rank)
+    nonfinite_skipped: int = 0
+    nonfinite_in_row: int = 0
+    atoms_seen: int = 0  # all ranks
+    structures_seen: int = 0  # all ranks
+
+
+@dataclass
+class TrainResult:
+    state: TrainerState
+    checkpoint: Path | None
+    stopped_by: str  # "max_steps" | "signal" | "nonfinite"
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: TrainConfig) -> AtomFM:
+    """The model the config names (same initial weights on every rank: the caller seeds first)."""
+    return AtomFM(cfg.model_config())
+
+
+def endless(stream: StructureStream) -> Iterator[Any]:
+    """Batches of ``stream``, starting its next epoch whenever one ends (``repeat: false`` corpora)."""
+    while True:
+        delivered = 0
+        for batch in stream:
+            delivered += 1
+            yield batch
+        if delivered == 0:
+            raise RuntimeError(
+                f"the stream of rank {stream.rank} delivered no batch in a whole epoch: its share "
+                "of the corpus is empty (fewer structures than ranks?)"
+            )
+
+
+def requested_outputs(tasks: list[Task]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(o for task in tasks for o in task.outputs))
+
+
+def micro_batch_loss(
+    forward: Callable[..., dict[str, torch.Tensor]],
+    batch: Any,
+    tasks: list[Task],
+    ctx: DistContext,
+    *,
+    seed: int,
+    step: int,
+    micro: int,
+    conservative: bool,
+    stop_requested: bool = False,
+    poison: bool = False,
+) -> BalancedLoss:
+    """Corrupt ``batch`` in place, run ``forward(batch, outputs, conservative)`` and balance the tasks' losses.
+
+    One all-reduce (over ``ctx``) carries the per-domain counts and sums, the batch's atoms and structures
+    (``extra[0:2]``) and whether any rank was asked to stop (``extra[2]``). ``poison`` makes this rank's loss
+    NaN, as a NaN output would (testing the non-finite skip).
+    """
+    corruption = CorruptionState.for_batch(batch, seed=seed, step=step, micro=micro)
+    for task in tasks:
+        task.corrupt(batch, corruption)
+    out = forward(batch, requested_outputs(tasks), conservative)
+    terms = {task.name: task.loss_terms(batch, out, corruption) for task in tasks}
+    anchor = sum(o.sum() for o in out.values() if o.is_floating_point())
+    if poison:
+        anchor = anchor * float("nan")
+    extra = torch.tensor([batch.num_nodes, batch.num_graphs, float(stop_requested)], dtype=torch.float64)
+    weights = {task.name: task.weight for task in tasks}
+    return balance_losses(
+        terms,
+        weights,
+        world_size=ctx.world_size,
+        all_reduce_sum=ctx.all_reduce_sum,
+        extra=extra,
+        anchor=anchor,
+    )
+
+
+class Trainer:
+    """Builds everything a run needs from its config and runs it; ``run()`` returns a :class:`TrainResult`."""
+
+    def __init__(
+        self, cfg: TrainConfig, ctx: DistContext, *, resume: str | None = None, use_wandb: bool = True
+    ) -> None:
+        self.cfg, self.ctx = cfg, ctx
+        self.tasks = build_tasks(cfg.tasks, ConfigOrigin("config"))
+        self.state = TrainerState()
+        self.stop_signal = False
+        self._last_saved: Path | None = None
+        resume_from = self._checkpoint_to_resume(resume)
+
+        seed_everything(cfg.run.seed)
+        model = build_model(cfg)
+        if resume_from is None and cfg.model.fit_reference_energies:
+            self._fit_reference_energies(model)
+        self.stream = StructureStream(StreamConfig.from_dict(cfg.data), ctx.rank, ctx.world_size)
+        self.engine: TrainEngine = build_engine(model, cfg, ctx)
+        self.ema = ParameterEMA(self.engine.module, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        self.checkpoints = CheckpointManager(cfg.run_dir, cfg.run.keep_last, ctx)
+        seed_everything(cfg.run.seed + 7919 * (ctx.rank + 1))
+        if resume_from is not None:
+            saved = self.checkpoints.load(
+                resume_from, engine=self.engine, ema=self.ema, stream=self.stream, tasks=self.tasks
+            )
+            self.state = TrainerState(**{k: saved[k] for k in asdict(self.state)})
+        if ctx.is_main:
+            save_resolved_config(cfg, cfg.run_dir / "config.yaml")
+        self.logger = RunLogger(cfg, is_main=ctx.is_main, start_step=self.state.step, use_wandb=use_wandb)
+        if resume_from is not None:
+            self.logger.message(f"resumed from {resume_from} at step {self.state.step}")
+
+    def _checkpoint_to_resume(self, resume: str | None) -> Path | None:
+        """``resume`` (CLI) wins over ``run.resume``: auto = latest if any, never = fresh, else a folder."""
+        choice = resume if resume is not None else self.cfg.run.resume
+        existing = list_checkpoints(self.cfg.run_dir)
+        if choice == "never":
+            if existing:
+                raise FileExistsError(
+                    f"{self.cfg.run_dir} already holds checkpoints ({existing[-1].name}); "
+                    "resume it (run.resume: auto or --resume) or choose another run.out_dir"
+                )
+            return None
+        if choice == "auto":
+            return existing[-1] if existing else None
+        if choice == "latest":
+            if not existing:
+                raise FileNotFoundError(f"--resume: no checkpoint in {self.cfg.run_dir / 'checkpoints'}")
+            return existing[-1]
+        return resolve_checkpoint(choice)
+
+    def _fit_reference_energies(self, model: AtomFM) -> None:
+        """Rank 0 fits the table over the training split; every rank receives it."""
+        num_levels = model.config.backbone.num_levels
+        fit = None
+        if self.ctx.is_main:
+            data = self.cfg.data
+            fit = fit_reference_energies_on_corpus(
+                data["corpus"] if isinstance(data["corpus"], list) else [data["corpus"]],
+                data.get("split", "train"),
+                num_levels,
+            )
+        fit = self.ctx.broadcast_object(fit)
+        model.reference_energies.set_table(fit.table)
+        if self.ctx.is_main:
+            print(
+                f"reference energies fitted on {fit.structures} labelled structures"
+                + (f" ({fit.skipped} undecodable samples skipped)" if fit.skipped else ""),
+                flush=True,
+            )
+
+    def install_signal_handlers(self) -> None:
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_signal = True
+
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, request_stop)
+
+    def run(self) -> TrainResult:
+        cfg, ctx, st = self.cfg, self.ctx, self.state
+        batches = endless(self.stream)
+        window = MetricWindow()
+        stopped_by, last_checkpoint = "max_steps", None
+        micro_in_step = 0
+        while st.step < cfg.run.max_steps:
+            batch = next(batches).to(ctx.device)
+            poison = cfg.debug.poison_loss_at_step == st.step and ctx.is_main and micro_in_step == 0
+            loss = micro_batch_loss(
+                self.engine.forward,
+                batch,
+                self.tasks,
+                ctx,
+                seed=cfg.run.seed,
+                step=st.step,
+                micro=micro_in_step,
+                conservative=cfg.model.conservative_forces,
+                stop_requested=self.stop_signal,
+                poison=poison,
+            )
+            micro_in_step += 1
+            if not loss.finite:
+                if self._skip_nonfinite(loss):
+                    stopped_by = "nonfinite"
+                    break
+                continue
+            st.nonfinite_in_row = 0
+            boundary = self.engine.is_boundary
+            self.engine.backward(loss.total)
+            if boundary and cfg.debug.dump_gradients_at_step == st.step:
+                self._dump_gradients()
+            grad_norm = self.engine.step()
+            st.micro_batches += 1
+            st.atoms_seen += int(loss.extra[0])
+            st.structures_seen += int(loss.extra[1])
+            window.add(loss, grad_norm)
+            if not boundary:
+                continue
+            micro_in_step = 0
+            st.step += 1
+            if self.ema is not None:
+                self.ema.update(self.engine.module)
+            self.logger.advance()
+            if st.step % cfg.run.log_every == 0 or st.step == cfg.run.max_steps:
+                self._log(window)
+                window = MetricWindow()
+            stop_requested = bool(loss.extra[2] > 0)
+            if st.step % cfg.run.checkpoint_every == 0 or st.step == cfg.run.max_steps or stop_requested:
+                last_checkpoint = self._save()
+            if stop_requested:
+                stopped_by = "signal"
+                self.logger.message(f"stop requested by a signal: checkpoint {last_checkpoint}, stopping")
+                break
+        self.logger.close()
+        if stopped_by == "nonfinite":
+            raise NonFiniteLossError(
+                f"{st.nonfinite_in_row} non-finite losses in a row at step {st.step} (limit "
+                f"run.max_nonfinite_in_row={cfg.run.max_nonfinite_in_row}); saved {self._last_saved}. Lower "
+                "optim.lr, check the corpus labels (atomfm data inspect), or raise the limit"
+            )
+        return TrainResult(state=st, checkpoint=last_checkpoint, stopped_by=stopped_by)
+
+    def _skip_nonfinite(self, loss: BalancedLoss) -> bool:
+        """Count a dropped micro-batch; True when the run must stop (a checkpoint is saved first)."""
+        st = self.state
+        st.nonfinite_skipped += 1
+        st.nonfinite_in_row += 1
+        bad = {name: value for name, value in loss.per_task.items() if not np.isfinite(value)}
+        self.logger.message(
+            f"step {st.step}: non-finite loss ({bad or 'total'}), batch skipped "
+            f"({st.nonfinite_in_row} in a row, {st.nonfinite_skipped} in all)"
+        )
+        if st.nonfinite_in_row < self.cfg.run.max_nonfinite_in_row:
+            return False
+        self._last_saved = self._save()
+        return True
+
+    def _save(self) -> Path:
+        path = self.checkpoints.save(
+            self.state.step,
+            engine=self.engine,
+            ema=self.ema,
+            stream=self.stream,
+            tasks=self.tasks,
+            trainer_state=asdict(self.state),
+            config=self.cfg,
+        )
+        self._last_saved = path
+        return path
+
+    def _dump_gradients(self) -> None:
+        """Debug: write this step's reduced gradients (rank 0) for comparison across process counts."""
+        grads = self.engine.full_gradients()
+        if self.ctx.is_main:
+            from train.checkpoint import torch_save_atomic
+
+            torch_save_atomic(grads, self.cfg.run_dir / GRADIENTS_FILE.format(step=self.state.step))
+
+    def _log(self, window: MetricWindow) -> None:
+        metrics = window.summary()
+        metrics["lr"] = self.engine.lr()
+        metrics["memory_gib"] = peak_memory_gib(self.ctx.device)
+        metrics["nonfinite_skipped"] = self.state.nonfinite_skipped
+        stats = self.stream.stats
+        metrics["stream_skipped"] = sum(stats.skipped_samples.values())
+        self.logger.log(self.state.step, metrics)
+
+
+class MetricWindow:
+    """Averages of the finite micro-batches since the last log line, and throughput over its wall time."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.count = 0
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.atoms = self.structures = 0.0
+        self.grad_norms: list[float] = []
+
+    def add(self, loss: BalancedLoss, grad_norm: float | None) -> None:
+        self.count += 1
+        values = {"loss": loss.value}
+        for task, value in loss.per_task.items():
+            values[f"loss/{task}"] = value
+            for domain, v in loss.per_task_domain[task].items():
+                values[f"loss/{task}/{domain}"] = v
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+        self.atoms += float(loss.extra[0])
+        self.structures += float(loss.extra[1])
+        if grad_norm is not None:
+            self.grad_norms.append(grad_norm)
+
+    def summary(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        out = {key: self.sums[key] / self.counts[key] for key in self.sums}
+        out["atoms_per_s"] = self.atoms / elapsed
+        out["structures_per_s"] = self.structures / elapsed
+        if self.grad_norms:
+            out["grad_norm"] = float(np.mean(self.grad_norms))
+        return out
+
+
+def train(
+    cfg: TrainConfig, ctx: DistContext, *, resume: str | None = None, use_wandb: bool = True
+) -> TrainResult:
+    """Run ``cfg`` on this process's rank (the process group must be up: see ``train.cli``)."""
+    trainer = Trainer(cfg, ctx, resume=resume, use_wandb=use_wandb)
+    trainer.install_signal_handlers()
+    result = trainer.run()
+    if ctx.is_main:
+        print(
+            json.dumps(
+                {"finished": result.stopped_by, **asdict(result.state), "checkpoint": str(result.checkpoint)}
+            ),
+            flush=True,
+        )
+    return result
