@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="atomfm",
         description="atomfm: build corpora, train and evaluate an SE(3)-equivariant atomistic foundation model.",
     )
+    # The deepspeed launcher puts --local_rank=N before the command (`--module launch.cli --local_rank=0 train`).
+    parser.add_argument("--local_rank", "--local-rank", dest="launcher_local_rank", type=int, default=None,
+                        help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     for _name, module in COMMAND_GROUPS:
         try:
