@@ -98,12 +98,15 @@ class ShardReader:
                     select_files=lambda fname: _member_number(fname) in wanted,
                 )
                 for sample in group_by_keys(members, handler=record):
-                    seq = wanted.pop(_member_number(sample["__key__"]), None)
+                    member = _member_number(sample["__key__"])
+                    seq = wanted.pop(member, None)
                     if seq is not None:
-                        yield seq, FetchedSample(sample, url, _member_number(sample["__key__"]))
-        if errors and not wanted:
-            log.warning("shard %s: %s (after the last sample this reader needs)", url, _describe(errors[0]))
+                        yield seq, FetchedSample(sample, url, member)
         if not wanted:
+            if errors:
+                log.warning(
+                    "shard %s: %s (after the last sample this reader needs)", url, _describe(errors[0])
+                )
             return
         damage = _describe(errors[0]) if errors else "shard ends before all the samples its manifest lists"
         log.warning("damaged shard %s: %s; %d of its samples are skipped", url, damage, len(wanted))

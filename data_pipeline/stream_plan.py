@@ -159,14 +159,6 @@ class SamplePlan:
             yield from reads
             seq = reads[-1].first_seq + len(reads[-1].members)
 
-    def samples_in_epoch(self) -> int:
-        """Samples this slot reads in one pass over its share (before any is skipped)."""
-        return sum(
-            len(r.members)
-            for d in self.probabilities
-            for r in shard_reads_in_epoch(self.table, d, self.epoch, self.seed, self.slot)
-        )
-
     def _refs(self, domain: str) -> Iterator[SampleRef]:
         outstanding = self.outstanding[domain]
         for read in self.reads(domain):
