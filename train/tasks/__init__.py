@@ -49,9 +49,9 @@ def task_settings(name: str, raw: dict[str, Any] | None, origin: Any) -> TaskSet
 
 
 def build_tasks(raw: dict[str, dict[str, Any]], origin: Any) -> list[Task]:
-    """The enabled tasks (weight > 0) in registry order (corrupting tasks first)."""
-    settings = {name: task_settings(name, raw[name], origin) for name in TASKS if name in raw}
-    return [TASKS[name](s) for name, s in settings.items() if s.weight > 0]
+    """The enabled tasks (weight > 0) in registry order (corrupting tasks first); unknown names raise."""
+    settings = {name: task_settings(name, values, origin) for name, values in raw.items()}
+    return [TASKS[name](settings[name]) for name in TASKS if name in settings and settings[name].weight > 0]
 
 
 __all__ = [
