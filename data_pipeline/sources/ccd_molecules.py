@@ -118,7 +118,7 @@ def ccd_molecules(
         try:
             mol = table.molecule(name)
             group = connectivity_key(mol)
-        except (ValueError, RuntimeError):  # RDKit: valence it cannot sanitise, no InChI
+        except (KeyError, ValueError, RuntimeError):  # bond to an unlisted atom; RDKit: bad valence
             continue
         z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.uint8)
         charge = sum(a.GetFormalCharge() for a in mol.GetAtoms())
