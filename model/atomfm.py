@@ -32,7 +32,7 @@ import torch
 from ase.data import atomic_masses
 from torch import Tensor, nn
 
-from data_pipeline.vocab import LEVELS_OF_THEORY, level_index
+from data_pipeline.vocab import LEVELS_OF_THEORY
 from model.backbone import BackboneConfig, EquivariantTransformer
 from model.heads import HEADS, Head, HeadInput
 from model.long_range import LONG_RANGE_METHODS, Electrostatics
@@ -40,8 +40,8 @@ from model.reference_energies import NUM_ELEMENTS, ReferenceEnergies, table_from
 from model.sizes import backbone_config
 
 PRETRAINING_HEADS: tuple[str, ...] = ("energy", "forces_direct", "noise", "charges", "atom_type", "embedding")
-# Outputs the model derives itself, and the heads each needs (``forces`` also needs ``forces_direct`` when
-# direct; the energy needs ``charges`` when long-range electrostatics is on).
+# Outputs the model derives itself, and the heads each needs at least (electrostatics adds ``charges`` to
+# the energy's; direct ``forces`` need ``forces_direct``).
 DERIVED_OUTPUTS: dict[str, tuple[str, ...]] = {
     "energy": ("energy",),
     "forces": ("energy",),
@@ -160,13 +160,12 @@ class AtomFM(nn.Module):
         """The floating-point dtype of the weights (inputs are cast to it)."""
         return self.reference_energies.energies.dtype
 
-    @property
-    def main_level_of_theory(self) -> int:
-        return level_index(self.config.main_level_of_theory)
-
     def _build_head(self, name: str) -> Head:
         bb = self.config.backbone
-        return HEADS[name](bb.channels, bb.lmax, **self.config.head_options.get(name, {}))
+        try:
+            return HEADS[name](bb.channels, bb.lmax, **self.config.head_options.get(name, {}))
+        except TypeError as err:
+            raise ValueError(f"head_options for head {name!r}: {err}") from None
 
     def add_head(self, name: str, **options: Any) -> Head:
         """Add head ``name`` from :data:`model.heads.HEADS` (fine-tuning); recorded in ``config``."""
@@ -204,20 +203,11 @@ class AtomFM(nn.Module):
         """Heads to run for ``outputs``; raises ValueError naming an output this model cannot give."""
         needed: list[str] = []
         for name in outputs:
-            if name in DERIVED_OUTPUTS:
-                needs = list(DERIVED_OUTPUTS[name]) if name != "forces" or conservative else ["forces_direct"]
-                if (
-                    name in ("energy", "forces", "stress")
-                    and "energy" in needs
-                    and self.electrostatics is not None
-                ):
-                    needs.append("charges")
-            else:
-                needs = [h for h, head in self.heads.items() if name in head.outputs]
-                if not needs:
-                    raise ValueError(
-                        f"unknown output {name!r}; this model gives {', '.join(self.available_outputs())}"
-                    )
+            needs = self._heads_for_output(name, conservative)
+            if not needs:
+                raise ValueError(
+                    f"unknown output {name!r}; this model gives {', '.join(self.available_outputs())}"
+                )
             missing = [h for h in needs if h not in self.heads]
             if missing:
                 raise ValueError(
@@ -226,6 +216,15 @@ class AtomFM(nn.Module):
                 )
             needed += [h for h in needs if h not in needed]
         return needed
+
+    def _heads_for_output(self, name: str, conservative: bool) -> list[str]:
+        if name == "forces" and not conservative:
+            return ["forces_direct"]
+        if name in ("energy", "forces", "stress"):
+            return ["energy"] + (["charges"] if self.electrostatics is not None else [])
+        if name == "dipole":
+            return ["charges"]
+        return [h for h, head in self.heads.items() if name in head.outputs]
 
     def _forward(
         self, batch: Any, outputs: tuple[str, ...], heads: list[str], grad_wrt_pos: bool, want_stress: bool

@@ -161,8 +161,9 @@ def atoms_to_batch(
         )
         graph = structure_to_graph(structure, cutoff)
         graph.pos = torch.as_tensor(atoms.positions, dtype=dtype)
-        if periodic:
-            graph.cell = torch.as_tensor(atoms.cell.array, dtype=dtype).reshape(1, 3, 3)
+        graph.cell = torch.as_tensor(atoms.cell.array if periodic else np.zeros((3, 3)), dtype=dtype).reshape(
+            1, 3, 3
+        )
         graphs.append(graph)
     batch = Batch.from_data_list(graphs)
     return batch if device is None else batch.to(device)

@@ -42,7 +42,7 @@ class ReferenceEnergies(nn.Module):
                 f"reference energy table has shape {tuple(table.shape)}, "
                 f"expected {tuple(self.energies.shape)}"
             )
-        table = table.to(self.energies)
+        table = table.to(self.energies, copy=True)
         table[:, 0] = 0.0
         self.energies.copy_(table)
 

@@ -126,6 +126,8 @@ def test_config_errors_name_the_offending_key_head_or_output():
         model_config("tiny", heads=["energy", "forcez"])
     with pytest.raises(ValueError, match="'charges' head"):
         model_config("tiny", heads=["energy"], long_range=True)
+    with pytest.raises(ValueError, match="head_options for head 'energy'.*'widht'"):
+        small_model(head_options={"energy": {"widht": 32}})
     model = small_model(heads=["energy", "charges"])
     with pytest.raises(ValueError, match="'stresss'"):
         model(batch_of(water()), ("stresss",))

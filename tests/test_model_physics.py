@@ -183,6 +183,29 @@ def test_electrostatics_reproduces_the_madelung_energy_of_rocksalt():
         )
 
 
+@pytest.mark.parametrize("structure", [alanine, rocksalt], ids=["direct", "ewald"])
+def test_damping_switches_off_exactly_the_pairs_inside_its_radius(structure):
+    atoms, damping = structure(), 3.0
+    batch = batch_of(atoms, cutoff=3.5)
+    cell = batch.cell.reshape(1, 3, 3)
+    src, dst = batch.edge_index
+    edge_vec = batch.pos[src] - batch.pos[dst] + batch.cell_offsets.double() @ cell[0]
+    charges = torch.linspace(-0.7, 0.7, len(atoms), dtype=torch.float64)
+    charges = charges - charges.mean()
+    args = (charges, batch.pos, batch.batch, cell, batch.pbc.reshape(1, 3), batch.edge_index, edge_vec)
+    damped, bare = Electrostatics(smearing=1.0, damping=damping), Electrostatics(smearing=1.0)
+    r = torch.linalg.vector_norm(edge_vec, dim=-1)
+    inside = r < damping
+    assert inside.sum() > 2
+    # each pair appears twice in the edge list
+    removed = (
+        0.5
+        * COULOMB_CONSTANT
+        * (charges[src] * charges[dst] * bare.pair_kernel(r) * (1 - damped._damping_factor(r)))[inside].sum()
+    )
+    torch.testing.assert_close(damped(*args), bare(*args) - removed, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("periodic", [False, True], ids=["direct", "ewald"])
 def test_electrostatics_is_twice_differentiable(periodic):
     electrostatics = Electrostatics("ewald", smearing=1.0, damping=2.5)
