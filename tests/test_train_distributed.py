@@ -390,26 +390,38 @@ def test_ddp_engine_with_gradient_accumulation_under_torchrun(corpus, tmp_path):
         assert_close(value, saved["model"][name].float())
 
 
-def test_single_process_without_a_launcher(corpus, tmp_path):
+def test_single_process_without_a_launcher_stops_cleanly_on_sigterm(corpus, tmp_path):
     cfg = run_config(
-        corpus, tmp_path / "single", run={"max_steps": 2, "checkpoint_every": 2}, deepspeed={"zero_stage": 0}
+        corpus,
+        tmp_path / "single",
+        run={"max_steps": 500, "checkpoint_every": 500},
+        deepspeed={"zero_stage": 0},
     )
-    launch(
-        [
-            sys.executable,
-            "-m",
-            "launch.cli",
-            "train",
-            "--config",
-            str(cfg["path"]),
-            "--no-wandb",
-            "optim.lr=1e-3",
-        ],
-        tmp_path / "single.log",
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "launch.cli",
+        "train",
+        "--config",
+        str(cfg["path"]),
+        "--no-wandb",
+        "optim.lr=1e-3",
+    ]
+    with open(tmp_path / "single.log", "w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=log, stderr=subprocess.STDOUT)
+        metrics = tmp_path / "single" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and metrics.read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline, "no step logged"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    (final,) = list_checkpoints(tmp_path / "single")
+    step = json.loads((final / "trainer_state.json").read_text())["step"]
+    assert 1 <= step < 500 and final.name == f"step_{step:08d}"
+    assert "stop requested" in (tmp_path / "single.log").read_text()
     saved = yaml.safe_load((tmp_path / "single" / "config.yaml").read_text())
     assert saved["optim"]["lr"] == 1e-3 and saved["deepspeed"]["zero_stage"] == 0
-    assert [r["step"] for r in read_metrics(tmp_path / "single")] == [1, 2]
 
 
 if __name__ == "__main__":

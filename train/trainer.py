@@ -3,7 +3,8 @@
 One optimiser step takes ``optim.grad_accum_steps`` finite micro-batches. A micro-batch whose loss is
 non-finite on any rank is dropped by every rank (no backward; the next batch takes its place) and counted;
 ``run.max_nonfinite_in_row`` of them in a row save a checkpoint and stop the run with a clear message.
-SIGUSR1 or SIGTERM (e.g. SLURM's warning before the time limit) saves a checkpoint at the next step and stops.
+SIGUSR1 or SIGTERM to a training process, or a file ``<out_dir>/STOP`` (what the SLURM template creates before
+the time limit), saves a checkpoint at the next step and stops every rank.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from train.tasks import CorruptionState, Task, build_tasks
 
 log = logging.getLogger(__name__)
 GRADIENTS_FILE = "gradients_step_{step}.pt"
+STOP_FILE = "STOP"  # created by a user or a job script: checkpoint at the next step and stop
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,7 +59,7 @@ class TrainerState:
 class TrainResult:
     state: TrainerState
     checkpoint: Path | None
-    stopped_by: str  # "max_steps" | "signal" | "nonfinite"
+    stopped_by: str  # "max_steps" | "signal" (a signal or the STOP file) | "nonfinite"
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -158,6 +160,9 @@ class Trainer:
             self.state = TrainerState(**{k: saved[k] for k in asdict(self.state)})
         if ctx.is_main:
             save_resolved_config(cfg, cfg.run_dir / "config.yaml")
+            (cfg.run_dir / STOP_FILE).unlink(
+                missing_ok=True
+            )  # left by a run that was killed before it stopped
         self.logger = RunLogger(cfg, is_main=ctx.is_main, start_step=self.state.step, use_wandb=use_wandb)
         if resume_from is not None:
             self.logger.message(f"resumed from {resume_from} at step {self.state.step}")
@@ -201,6 +206,10 @@ class Trainer:
                 flush=True,
             )
 
+    def stop_requested(self) -> bool:
+        """A signal reached this process, or (rank 0) someone created ``<out_dir>/STOP``."""
+        return self.stop_signal or (self.ctx.is_main and (self.cfg.run_dir / STOP_FILE).exists())
+
     def install_signal_handlers(self) -> None:
         def request_stop(signum: int, frame: Any) -> None:
             self.stop_signal = True
@@ -226,7 +235,7 @@ class Trainer:
                 step=st.step,
                 micro=micro_in_step,
                 conservative=cfg.model.conservative_forces,
-                stop_requested=self.stop_signal,
+                stop_requested=self.stop_requested(),
                 poison=poison,
             )
             micro_in_step += 1
@@ -260,7 +269,9 @@ class Trainer:
                 last_checkpoint = self._save()
             if stop_requested:
                 stopped_by = "signal"
-                self.logger.message(f"stop requested by a signal: checkpoint {last_checkpoint}, stopping")
+                if ctx.is_main:
+                    (cfg.run_dir / STOP_FILE).unlink(missing_ok=True)
+                self.logger.message(f"stop requested: saved {last_checkpoint}, stopping")
                 break
         self.logger.close()
         if stopped_by == "nonfinite":
@@ -346,6 +357,8 @@ class MetricWindow:
     def summary(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         out = {key: self.sums[key] / self.counts[key] for key in self.sums}
+        out["atoms"] = self.atoms
+        out["window_s"] = elapsed
         out["atoms_per_s"] = self.atoms / elapsed
         out["structures_per_s"] = self.structures / elapsed
         if self.grad_norms:
