@@ -14,8 +14,8 @@ import webdataset as wds
 from data_pipeline.demo import SCALES, build_demo_corpus
 from data_pipeline.inspect_corpus import inspect_corpus
 from data_pipeline.sample_codec import decode_sample
+from data_pipeline.sources.conformers import read_smiles, smiles_conformers
 from data_pipeline.sources.perturb import rattle
-from data_pipeline.sources.smiles_conformers import read_smiles, smiles_conformers
 
 LEVEL_BY_KEY_PREFIX = {
     "ccd": "gfn2-xtb",

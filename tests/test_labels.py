@@ -19,8 +19,8 @@ from data_pipeline.labels.emt import EMTLabeller
 from data_pipeline.labels.xtb import GFN2xTBLabeller
 from data_pipeline.readers import read_structures
 from data_pipeline.schema import BadInputError, Structure
-from data_pipeline.sources.emt_alloys import emt_alloys
-from data_pipeline.sources.protein_frames import mdanalysis_data_dir
+from data_pipeline.sources.alloys import emt_alloys
+from data_pipeline.sources.proteins import mdanalysis_data_dir
 
 
 def close(actual, expected, **tol) -> None:

@@ -13,12 +13,12 @@ Every builder yields unlabelled :class:`~data_pipeline.schema.Structure` records
 id set and split empty; labels come from :mod:`data_pipeline.labels`.
 """
 
+from data_pipeline.sources.alloys import emt_alloys
 from data_pipeline.sources.ase_molecules import g2_molecules
-from data_pipeline.sources.ccd_molecules import ccd_molecules
-from data_pipeline.sources.crystals import crystals, shipped_crystals
-from data_pipeline.sources.emt_alloys import emt_alloys
-from data_pipeline.sources.protein_frames import protein_frames, shipped_protein_chains
-from data_pipeline.sources.smiles_conformers import read_smiles, smiles_conformers
+from data_pipeline.sources.ccd import ccd_molecules
+from data_pipeline.sources.conformers import read_smiles, smiles_conformers
+from data_pipeline.sources.crystal_collections import crystals, shipped_crystals
+from data_pipeline.sources.proteins import protein_frames, shipped_protein_chains
 
 __all__ = [
     "ccd_molecules",

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.schema import Structure
-from data_pipeline.sources.emt_alloys import reduced_formula
+from data_pipeline.sources.alloys import reduced_formula
 from data_pipeline.sources.perturb import rattle, strain
 
 

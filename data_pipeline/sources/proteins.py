@@ -189,9 +189,8 @@ def frames_of(task: tuple[ProteinChain, int, int, int, int, int]) -> list[Struct
     """``(chain, frames, steps between frames, seed, min residues, max residues)`` → MD frames.
 
     The chain is cut to its longest unbroken segment, completed (missing heavy atoms, the file's hydrogens
-    replaced by a pH 7 set),
-    minimised, and run at 300 K (2 fs steps, bonds to hydrogen constrained). An empty list when the chain
-    is out of the size range or OpenMM / pdbfixer cannot handle it.
+    replaced by a pH 7 set), relaxed briefly, and run at 300 K (2 fs steps, bonds to hydrogen constrained).
+    An empty list when the chain is out of the size range or OpenMM / pdbfixer cannot handle it.
     """
     chain, frames, steps, seed, min_residues, max_residues = task
     try:
@@ -220,14 +219,15 @@ def _simulate(
     fixer.addMissingAtoms()
     forcefield = _amber14()
     fixer.addMissingHydrogens(7.0, forcefield=forcefield)
+    relaxed = _relieve_clashes(forcefield, fixer.topology, fixer.positions)
     system = forcefield.createSystem(fixer.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
     integrator = openmm.LangevinMiddleIntegrator(
         300 * unit.kelvin, 1 / unit.picosecond, 0.002 * unit.picoseconds
     )
     integrator.setRandomNumberSeed(seed + 1)
     context = openmm.Context(system, integrator)
-    context.setPositions(fixer.positions)
-    openmm.LocalEnergyMinimizer.minimize(context, 10.0, 50)  # relieve clashes only: frames should stay hot
+    context.setPositions(relaxed)
+    context.applyConstraints(1e-6)
     context.setVelocitiesToTemperature(300 * unit.kelvin, seed + 1)
     z, per_atom = openmm_atom_fields(fixer.topology)
     name = f"{chain.protein_id}{chain.chain.strip()}"
@@ -235,6 +235,8 @@ def _simulate(
     for k in range(frames):
         integrator.step(steps)
         xyz = angstrom_array(context.getState(getPositions=True).getPositions())
+        if not np.isfinite(xyz).all():
+            raise RuntimeError(f"the MD blew up before frame {k}")
         out.append(
             Structure(
                 key=f"proteins/{name}/{k}",
@@ -253,6 +255,19 @@ def _simulate(
             )
         )
     return out
+
+
+def _relieve_clashes(forcefield: Any, topology: Any, positions: Any) -> Any:
+    """50 L-BFGS steps without constraints (with constraints OpenMM's minimiser costs several times more):
+    enough to remove clashes of added atoms, not to cool the structure down."""
+    import openmm
+    from openmm import app
+
+    system = forcefield.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=None)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001))
+    context.setPositions(positions)
+    openmm.LocalEnergyMinimizer.minimize(context, 10.0, 50)
+    return context.getState(getPositions=True).getPositions()
 
 
 @functools.cache
