@@ -20,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ import numpy as np
 import torch
 
 from data_pipeline.schema import BadInputError
-from train.config import TrainConfig, save_resolved_config, write_text_atomic
+from train.atomic_files import torch_save_atomic, write_text_atomic
+from train.config import TrainConfig, save_resolved_config
 from train.ema import ParameterEMA, consolidate_partitions
 from train.engine.base import TrainEngine
 from train.engine.distributed import DistContext
@@ -48,20 +48,6 @@ def rank_file(rank: int) -> str:
 
 def checkpoint_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:08d}"
-
-
-def torch_save_atomic(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temporary name in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def rng_states() -> dict[str, Any]:

@@ -10,7 +10,6 @@ import copy
 import dataclasses
 import difflib
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 import yaml
 
 from data_pipeline.schema import BadInputError
+from train.atomic_files import write_text_atomic
 
 ENGINES = ("deepspeed", "ddp")
 PRECISIONS = ("fp32", "bf16")
@@ -372,14 +372,3 @@ def type_name(tp: Any) -> str:
 def save_resolved_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML, atomically (temporary name, then rename)."""
     return write_text_atomic(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path

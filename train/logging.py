@@ -11,12 +11,14 @@ import math
 import netrc
 import os
 import resource
+import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from train.config import TrainConfig, write_text_atomic
+from train.atomic_files import write_text_atomic
+from train.config import TrainConfig
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -110,7 +112,7 @@ def start_wandb(cfg: TrainConfig, run_dir: Path) -> Any:
     import wandb
 
     id_file = run_dir / "wandb_id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
     write_text_atomic(id_file, run_id)
     return wandb.init(
         project=cfg.logging.project,

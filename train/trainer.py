@@ -10,20 +10,21 @@ the time limit), saves a checkpoint at the next step and stops every rank.
 from __future__ import annotations
 
 import json
-import logging
 import random
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from data_pipeline.schema import BadInputError
 from data_pipeline.stream import StreamConfig, StructureStream
 from model.atomfm import AtomFM
+from train.atomic_files import torch_save_atomic
 from train.checkpoint import CheckpointManager, list_checkpoints, resolve_checkpoint
 from train.config import ConfigOrigin, TrainConfig, save_resolved_config
 from train.ema import ParameterEMA
@@ -34,7 +35,6 @@ from train.loss_balance import BalancedLoss, balance_losses
 from train.reference_fit import fit_reference_energies_on_corpus
 from train.tasks import CorruptionState, Task, build_tasks
 
-log = logging.getLogger(__name__)
 GRADIENTS_FILE = "gradients_step_{step}.pt"
 STOP_FILE = "STOP"  # created by a user or a job script: checkpoint at the next step and stop
 
@@ -60,7 +60,6 @@ class TrainResult:
     state: TrainerState
     checkpoint: Path | None
     stopped_by: str  # "max_steps" | "signal" (a signal or the STOP file) | "nonfinite"
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -162,7 +161,7 @@ class Trainer:
             save_resolved_config(cfg, cfg.run_dir / "config.yaml")
             (cfg.run_dir / STOP_FILE).unlink(
                 missing_ok=True
-            )  # left by a run that was killed before it stopped
+            )  # a stale one, from a run killed before it stopped
         self.logger = RunLogger(cfg, is_main=ctx.is_main, start_step=self.state.step, use_wandb=use_wandb)
         if resume_from is not None:
             self.logger.message(f"resumed from {resume_from} at step {self.state.step}")
@@ -173,16 +172,17 @@ class Trainer:
         existing = list_checkpoints(self.cfg.run_dir)
         if choice == "never":
             if existing:
-                raise FileExistsError(
-                    f"{self.cfg.run_dir} already holds checkpoints ({existing[-1].name}); "
-                    "resume it (run.resume: auto or --resume) or choose another run.out_dir"
+                raise BadInputError(
+                    f"already holds checkpoints ({existing[-1].name}); resume it (run.resume: auto or "
+                    "--resume) or choose another run.out_dir",
+                    path=str(self.cfg.run_dir),
                 )
             return None
         if choice == "auto":
             return existing[-1] if existing else None
         if choice == "latest":
             if not existing:
-                raise FileNotFoundError(f"--resume: no checkpoint in {self.cfg.run_dir / 'checkpoints'}")
+                raise BadInputError("--resume: no checkpoint to resume from", path=str(self.cfg.run_dir))
             return existing[-1]
         return resolve_checkpoint(choice)
 
@@ -191,12 +191,8 @@ class Trainer:
         num_levels = model.config.backbone.num_levels
         fit = None
         if self.ctx.is_main:
-            data = self.cfg.data
-            fit = fit_reference_energies_on_corpus(
-                data["corpus"] if isinstance(data["corpus"], list) else [data["corpus"]],
-                data.get("split", "train"),
-                num_levels,
-            )
+            data = StreamConfig.from_dict(self.cfg.data)
+            fit = fit_reference_energies_on_corpus(data.corpus, data.split, num_levels)
         fit = self.ctx.broadcast_object(fit)
         model.reference_energies.set_table(fit.table)
         if self.ctx.is_main:
@@ -264,10 +260,10 @@ class Trainer:
             if st.step % cfg.run.log_every == 0 or st.step == cfg.run.max_steps:
                 self._log(window)
                 window = MetricWindow()
-            stop_requested = bool(loss.extra[2] > 0)
-            if st.step % cfg.run.checkpoint_every == 0 or st.step == cfg.run.max_steps or stop_requested:
+            stopping = bool(loss.extra[2] > 0)
+            if st.step % cfg.run.checkpoint_every == 0 or st.step == cfg.run.max_steps or stopping:
                 last_checkpoint = self._save()
-            if stop_requested:
+            if stopping:
                 stopped_by = "signal"
                 if ctx.is_main:
                     (cfg.run_dir / STOP_FILE).unlink(missing_ok=True)
@@ -314,8 +310,6 @@ class Trainer:
         """Debug: write this step's reduced gradients (rank 0) for comparison across process counts."""
         grads = self.engine.full_gradients()
         if self.ctx.is_main:
-            from train.checkpoint import torch_save_atomic
-
             torch_save_atomic(grads, self.cfg.run_dir / GRADIENTS_FILE.format(step=self.state.step))
 
     def _log(self, window: MetricWindow) -> None:

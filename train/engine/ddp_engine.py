@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from train.atomic_files import torch_save_atomic
 from train.config import TrainConfig
 from train.engine.base import global_grad_norm, parameter_groups
 from train.engine.distributed import DistContext
@@ -86,8 +87,6 @@ class DDPEngine:
 
     def save(self, directory: Path) -> None:
         if self.ctx.is_main:
-            from train.checkpoint import torch_save_atomic
-
             torch_save_atomic(
                 {
                     "model": self.module.state_dict(),
