@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--measure",
         action="store_true",
-        help="also measure saved activations of a forward pass on a silicon supercell (CPU)",
+        help="also measure saved activations on a 64-atom silicon cell (builds the model on CPU: small sizes)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=info)
