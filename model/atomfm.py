@@ -157,7 +157,8 @@ class AtomFM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The floating-point dtype of the weights (inputs are cast to it)."""
+        """The dtype positions, cells and energies are computed in: that of the model's buffers (the weights',
+        unless an engine casts only parameters, as DeepSpeed's bf16 mode does, keeping buffers in fp32)."""
         return self.reference_energies.energies.dtype
 
     def _build_head(self, name: str) -> Head:
