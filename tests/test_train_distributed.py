@@ -4,10 +4,11 @@
   step equal one process's gradients over both ranks' batches;
 - the same run killed with SIGKILL after a checkpoint and resumed: the resumed steps' losses equal the
   uninterrupted run's;
-- the deepspeed launcher, 2 ranks, ZeRO-3, direct forces + denoising + contrast, one poisoned step: the step
-  is skipped and the run goes on; the ZeRO-3 checkpoint exports to safetensors that the ASE calculator loads
-  with the live model's energies (and the EMA export joins the ZeRO-3 partitions);
-- plain DDP under torchrun with gradient accumulation; a single process without any launcher.
+- the deepspeed launcher, 2 ranks, ZeRO-3 with gradient accumulation, direct forces + denoising + contrast,
+  one poisoned micro-batch: it is skipped and the run goes on; the ZeRO-3 checkpoint exports to safetensors
+  that the ASE calculator loads with the live model's energies (and the EMA export joins the partitions);
+- plain DDP under torchrun with gradient accumulation; a single process without any launcher, stopped by
+  SIGTERM with a checkpoint.
 
 Run as a script (``python tests/test_train_distributed.py zero3-export CONFIG OUT``) this file is also the
 worker the ZeRO-3 export test starts under the deepspeed launcher.
@@ -97,7 +98,7 @@ def run_config(corpus: Path, out_dir: Path, **sections) -> dict:
             "max_steps": 6,
             "log_every": 1,
             "checkpoint_every": 2,
-            "keep_last": 5,
+            "keep_last": 2,
             "progress_bar": False,
         },
         "data": {
@@ -200,8 +201,9 @@ def test_zero2_conservative_forces_on_two_ranks_under_torchrun(zero2_run):
         "grad_norm",
         "lr",
     } <= seen
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_00000004", "step_00000006"]  # keep_last: 2
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
     final = list_checkpoints(run_dir)[-1]
-    assert final.name == "step_00000006"
     assert sorted(p.name for p in final.glob("rank_*.pt")) == ["rank_00000.pt", "rank_00001.pt"]
     assert len(list((final / "ds" / "state").glob("*optim_states.pt"))) == 2
     assert json.loads((final / "trainer_state.json").read_text())["step"] == 6
@@ -327,7 +329,7 @@ def zero3_run(corpus, tmp_path_factory) -> dict:
             "forces": {"weight": 5.0},
             "contrast": {"weight": 0.1, "queue_size": 64},
         },
-        optim={"lr": 2e-3, "warmup_steps": 1, "ema_decay": 1e-6},
+        optim={"lr": 2e-3, "warmup_steps": 1, "ema_decay": 1e-6, "grad_accum_steps": 2},
         debug={"poison_loss_at_step": 1},
     )
     worker = deepspeed_launcher(2, str(Path(__file__).resolve()), "zero3-export", str(cfg["path"]), str(base))
@@ -351,7 +353,7 @@ def test_zero3_direct_forces_and_denoising_under_the_deepspeed_launcher(zero3_ru
 def test_nonfinite_loss_is_skipped_on_every_rank_and_the_run_goes_on(zero3_run):
     state = json.loads((zero3_run["base"] / "energies.json").read_text())["state"]
     assert state["step"] == 3 and state["nonfinite_skipped"] == 1 and state["nonfinite_in_row"] == 0
-    assert state["micro_batches"] == 3
+    assert state["micro_batches"] == 6  # 2 per step; the poisoned one was replaced by the next batch
     assert "step 1: non-finite loss" in zero3_run["stdout"]
 
 
