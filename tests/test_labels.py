@@ -176,6 +176,21 @@ def test_amber14_labels_the_structure_pdbfixer_completed():
             close(p, kept[(r, a)], rtol=0, atol=1e-3)  # heavy atoms stay where the file put them
 
 
+def test_amber14_never_bonds_across_missing_residues():
+    full = peptide()
+    kept = full.per_atom["residue_index"] != 7  # the proline in the middle of the helix goes missing
+    gapped = replace(
+        full,
+        atomic_numbers=full.atomic_numbers[kept],
+        positions=full.positions[kept],
+        per_atom={k: v[kept] for k, v in full.per_atom.items()},
+    )
+    labelled = Amber14Labeller()(gapped)
+    assert int(np.sum(labelled.per_atom["atom_name"] == "OXT")) == 2  # both runs get a C terminus
+    assert labelled.extra["amber14_added_atoms"] == 3  # OXT of residue 6, two more N-terminal H on residue 8
+    assert np.linalg.norm(labelled.forces, axis=1).max() < 10.0  # eV/Å: no bond stretched over the gap
+
+
 @pytest.fixture(scope="module")
 def chgnet() -> CHGNetLabeller:
     return CHGNetLabeller(device="cpu")

@@ -19,6 +19,7 @@ from data_pipeline.schema import Structure
 
 PROTEIN_ATOM_FIELDS: tuple[str, ...] = ("chain_id", "residue_index", "residue_name", "atom_name")
 RESIDUE_FIELDS: tuple[str, ...] = ("chain_id", "residue_index", "insertion_code")
+PEPTIDE_BOND_MAX = 2.0  # Å: a longer C(i)–N(i+1) distance is a chain break (missing residues)
 
 
 def residue_starts(s: Structure) -> np.ndarray:
@@ -38,20 +39,39 @@ def residue_starts(s: Structure) -> np.ndarray:
     return np.flatnonzero(change)
 
 
+def segment_starts(s: Structure, starts: np.ndarray) -> set[int]:
+    """First atoms of the residues that begin a chain: a new ``chain_id``, or a gap after the residue before
+    (its C more than :data:`PEPTIDE_BOND_MAX` from this residue's N), so that no bond spans missing residues.
+    """
+    chain_ids, atom_names = np.asarray(s.per_atom["chain_id"]), np.asarray(s.per_atom["atom_name"])
+    positions = np.asarray(s.positions, dtype=np.float64)
+    bounds = np.r_[starts, s.num_atoms]
+    first = {int(starts[0])}
+    for k in range(1, len(starts)):
+        c = [i for i in range(bounds[k - 1], bounds[k]) if atom_names[i] == "C"]
+        n = [i for i in range(bounds[k], bounds[k + 1]) if atom_names[i] == "N"]
+        gap = bool(c and n) and np.linalg.norm(positions[c[0]] - positions[n[0]]) > PEPTIDE_BOND_MAX
+        if gap or chain_ids[bounds[k]] != chain_ids[bounds[k - 1]]:
+            first.add(int(bounds[k]))
+    return first
+
+
 def protein_pdb_text(s: Structure) -> str:
-    """PDB text of ``s``, residues numbered from 1 in record order, one chain per ``chain_id`` run."""
+    """PDB text of ``s``, residues numbered from 1 in record order; each unbroken run of a chain is a chain."""
     from openmm import unit
     from openmm.app import Element, PDBFile, Topology
 
-    starts = set(residue_starts(s).tolist())
+    starts = residue_starts(s)
+    chain_starts = segment_starts(s, starts)
+    residue_set = set(starts.tolist())
     atom_names, residue_names = s.per_atom["atom_name"], s.per_atom["residue_name"]
     chain_ids = s.per_atom["chain_id"]
     topology = Topology()
     chain = residue = None
     for i, z in enumerate(s.atomic_numbers):
-        if chain is None or chain_ids[i] != chain_ids[i - 1]:
+        if i in chain_starts:
             chain = topology.addChain(str(chain_ids[i]))
-        if i in starts:
+        if i in residue_set:
             residue = topology.addResidue(str(residue_names[i]), chain)
         topology.addAtom(str(atom_names[i]), Element.getByAtomicNumber(int(z)), residue)
     text = io.StringIO()

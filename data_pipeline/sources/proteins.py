@@ -23,12 +23,10 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.labels.process_pool import default_workers, ordered_process_map
-from data_pipeline.labels.protein_topology import angstrom_array, openmm_atom_fields
+from data_pipeline.labels.protein_topology import PEPTIDE_BOND_MAX, angstrom_array, openmm_atom_fields
 from data_pipeline.schema import BadInputError, Structure
 
 log = logging.getLogger(__name__)
-
-PEPTIDE_BOND_MAX = 2.0  # Å: a longer C(i)–N(i+1) distance is a chain break
 
 # Multi-chain files beside the single-chain DSSP set: (path under MDAnalysisTests/data, protein id, chains).
 MDANALYSIS_CHAINS: tuple[tuple[str, str, str], ...] = (
@@ -116,9 +114,8 @@ def open_chain(path: str | Path, chain: str | None = None) -> Any:
         text = f.read()
     is_cif = ".cif" in path.suffixes
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # OpenMM warns about duplicate atoms of unlabelled alternate locations
+        # OpenMM warns about the duplicate atoms of unlabelled alternate locations
+        warnings.simplefilter("ignore")
         fixer = PDBFixer(pdbxfile=io.StringIO(text)) if is_cif else PDBFixer(pdbfile=io.StringIO(text))
     fixer.findNonstandardResidues()
     fixer.replaceNonstandardResidues()
@@ -168,21 +165,6 @@ def strip_hydrogens(fixer: Any) -> None:
         modeller = Modeller(fixer.topology, fixer.positions)
         modeller.delete(hydrogens)
         fixer.topology, fixer.positions = modeller.topology, modeller.positions
-
-
-def protein_chain_structure(chain: ProteinChain, key: str) -> Structure:
-    """The chain's atoms as the file has them (no hydrogens added, gaps kept), for labelling elsewhere."""
-    fixer = open_chain(chain.path, chain.chain)
-    z, per_atom = openmm_atom_fields(fixer.topology)
-    return Structure(
-        key=key,
-        domain="protein",
-        atomic_numbers=z,
-        positions=angstrom_array(fixer.positions).astype(np.float32),
-        group_id=chain.group_id,
-        per_atom=per_atom,
-        extra={"origin": Path(chain.path).name, "chain": chain.chain},
-    )
 
 
 def frames_of(task: tuple[ProteinChain, int, int, int, int, int]) -> list[Structure]:
