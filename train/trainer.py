@@ -157,6 +157,7 @@ class Trainer:
                 resume_from, engine=self.engine, ema=self.ema, stream=self.stream, tasks=self.tasks
             )
             self.state = TrainerState(**{k: saved[k] for k in asdict(self.state)})
+            self._last_saved = resume_from
         if ctx.is_main:
             save_resolved_config(cfg, cfg.run_dir / "config.yaml")
             (cfg.run_dir / STOP_FILE).unlink(
@@ -217,7 +218,7 @@ class Trainer:
         cfg, ctx, st = self.cfg, self.ctx, self.state
         batches = endless(self.stream)
         window = MetricWindow()
-        stopped_by, last_checkpoint = "max_steps", None
+        stopped_by, last_checkpoint = "max_steps", self._last_saved
         micro_in_step = 0
         while st.step < cfg.run.max_steps:
             batch = next(batches).to(ctx.device)
