@@ -35,8 +35,11 @@ class GateActivation(nn.Module):
 
     def forward(self, x: Tensor, scalars: Tensor) -> Tensor:
         gates = torch.sigmoid(scalars).unflatten(-1, (self.layout.lmax, self.channels))
-        gated = x[..., 1:, :] * gates.index_select(-2, self.gate_of_coefficient)
-        return torch.cat([nn.functional.silu(x[..., :1, :]), gated], dim=-2)
+        degree_zero, higher = x.split([1, x.shape[-2] - 1], dim=-2)
+        return torch.cat(
+            [nn.functional.silu(degree_zero), higher * gates.index_select(-2, self.gate_of_coefficient)],
+            dim=-2,
+        )
 
 
 class SeparableS2Activation(nn.Module):

@@ -20,11 +20,12 @@ LOGIT_CAP = 30.0
 class EdgeGeometry:
     """Per-edge quantities shared by every layer.
 
-    wigner: per degree l, [E, 2l+1, 2l+1] rotations into each edge's frame (edge along +z).
+    rotation: [E, K, (lmax+1)**2] rotations into each edge's frame (edge along +z), rows in the order-major
+    edge layout of mmax (:func:`~model.so3.edge_frame_rotation`).
     radial_basis: [E, num_rbf] basis expansion of the edge length.   envelope: [E], 1 -> 0 at the cutoff.
     """
 
-    wigner: list[Tensor]
+    rotation: Tensor
     radial_basis: Tensor
     envelope: Tensor
 
@@ -44,6 +45,17 @@ def smooth_attention_weights(logits: Tensor, envelope: Tensor, target: Tensor, n
         0, target, weights
     )
     return weights / (1 + total.index_select(0, target))
+
+
+def gather_edge_pairs(x: Tensor, edge_index: Tensor) -> Tensor:
+    """Node features x [N, P, C] -> [E, P, 2C]: for each edge, every coefficient's source channels then its
+    target channels. One index_select of (node, coefficient) rows, cheaper forward and backward than
+    gathering each end and concatenating."""
+    num_nodes, num_coefficients, channels = x.shape
+    coefficient = torch.arange(num_coefficients, device=x.device).unsqueeze(-1)
+    rows = edge_index.T.unsqueeze(1) * num_coefficients + coefficient  # [E, P, 2 (source, target)]
+    pairs = x.reshape(num_nodes * num_coefficients, channels).index_select(0, rows.flatten())
+    return pairs.view(edge_index.shape[1], num_coefficients, 2 * channels)
 
 
 class EquivariantGraphAttention(nn.Module):
@@ -71,9 +83,9 @@ class EquivariantGraphAttention(nn.Module):
         super().__init__()
         if attn_channels % num_heads:
             raise ValueError(f"attn_channels={attn_channels} is not divisible by num_heads={num_heads}")
-        self.mmax, self.num_heads = mmax, num_heads
+        self.num_heads = num_heads
         self.head_channels = attn_channels // num_heads
-        edge_layout = CoefficientLayout(lmax, mmax)
+        edge_layout = CoefficientLayout(lmax, mmax, order_major=True)
         self.radial_mlp = nn.Sequential(
             nn.Linear(num_rbf, radial_channels),
             nn.LayerNorm(radial_channels),
@@ -97,10 +109,8 @@ class EquivariantGraphAttention(nn.Module):
         self.output = SO3Linear(lmax, attn_channels, channels)
 
     def forward(self, x: Tensor, edge_index: Tensor, geometry: EdgeGeometry) -> Tensor:
-        source, target = edge_index[0], edge_index[1]
-        num_edges = source.shape[0]
-        pair = torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=-1)
-        pair = rotate_to_edge_frame(pair, geometry.wigner, self.mmax)
+        target, num_edges = edge_index[1], edge_index.shape[1]
+        pair = rotate_to_edge_frame(gather_edge_pairs(x, edge_index), geometry.rotation)
         message, scalars = self.message(pair, self.radial_mlp(geometry.radial_basis.to(pair.dtype)))
         logit_features, gates = scalars.split([self.num_heads * self.head_channels, self.num_gates], dim=-1)
         logit_features = logit_features.reshape(num_edges, self.num_heads, self.head_channels)
@@ -110,7 +120,7 @@ class EquivariantGraphAttention(nn.Module):
         values = values.unflatten(-1, (self.num_heads, self.head_channels)) * weights[:, None, :, None].to(
             values.dtype
         )
-        values = rotate_from_edge_frame(values.flatten(-2), geometry.wigner, self.mmax)
+        values = rotate_from_edge_frame(values.flatten(-2), geometry.rotation)
         aggregated = x.new_zeros(x.shape[0], x.shape[1], values.shape[-1]).index_add(
             0, target, values.to(x.dtype)
         )

@@ -19,7 +19,14 @@ from model.attention import EdgeGeometry, EquivariantGraphAttention
 from model.conditioning import ConditioningEmbedding
 from model.norm import EquivariantRMSNorm
 from model.radial import RADIAL_BASES, PolynomialEnvelope
-from model.so3 import CoefficientLayout, edge_rotation, rotate_from_edge_frame, vector_to_l1, wigner_d
+from model.so3 import (
+    CoefficientLayout,
+    edge_frame_rotation,
+    edge_rotation,
+    rotate_from_edge_frame,
+    vector_to_l1,
+    wigner_d,
+)
 from model.so3_linear import SO3Linear
 
 MAX_LMAX = 6
@@ -140,7 +147,7 @@ class EdgeDegreeEmbedding(nn.Module):
             [geometry.radial_basis, scalars.index_select(0, source), scalars.index_select(0, target)], dim=-1
         )
         on_axis = self.radial_mlp(features).unflatten(-1, (self.lmax + 1, self.channels))
-        values = rotate_from_edge_frame(on_axis, geometry.wigner, mmax=0).to(scalars.dtype)
+        values = rotate_from_edge_frame(on_axis, geometry.rotation[:, : self.lmax + 1]).to(scalars.dtype)
         envelope = geometry.envelope.to(scalars.dtype)
         num_atoms = scalars.shape[0]
         total = values.new_zeros(num_atoms, *values.shape[1:]).index_add(
@@ -257,8 +264,9 @@ class EquivariantTransformer(nn.Module):
         with torch.autocast(device_type=edge_vec.device.type, enabled=False):
             vec = edge_vec.to(torch.promote_types(torch.promote_types(edge_vec.dtype, dtype), torch.float32))
             length = torch.linalg.vector_norm(vec, dim=-1)
+            wigner = wigner_d(edge_rotation(vec), self.cfg.lmax)
             return EdgeGeometry(
-                wigner=[d.to(dtype) for d in wigner_d(edge_rotation(vec), self.cfg.lmax)],
+                rotation=edge_frame_rotation(wigner, self.cfg.mmax).to(dtype),
                 radial_basis=self.radial_basis(length).to(dtype),
                 envelope=self.envelope(length).to(dtype),
             )

@@ -18,8 +18,9 @@ from model.so3 import CoefficientLayout
 
 
 class SO2Convolution(nn.Module):
-    """Edge-frame features x [E, K, in_channels] (K = layout.size) -> [E, K, out_channels], plus
-    ``extra_scalars`` invariant outputs [E, extra_scalars] read from the m = 0 part.
+    """Edge-frame features x [E, K, in_channels] in the order-major ``layout`` (K = layout.size) ->
+    [E, K, out_channels] in the same layout, plus ``extra_scalars`` invariant outputs [E, extra_scalars] read
+    from the m = 0 part.
 
     With ``radial_channels``, a linear map of per-edge radial features [E, radial_channels] scales every
     input (|m|, l, channel) coefficient, the same for +m and -m: distance modulates the weights.
@@ -35,6 +36,8 @@ class SO2Convolution(nn.Module):
         radial_channels: int | None = None,
     ) -> None:
         super().__init__()
+        if not layout.order_major:
+            raise ValueError("the SO(2) convolution works on the order-major edge-frame layout")
         self.layout, self.in_channels, self.out_channels = layout, in_channels, out_channels
         self.extra_scalars = extra_scalars
         lmax, mmax = layout.lmax, layout.mmax
@@ -50,43 +53,29 @@ class SO2Convolution(nn.Module):
             if radial_channels is not None
             else None
         )
-        order_major = [(ell, 0) for ell in range(lmax + 1)]
-        for m in range(1, mmax + 1):
-            order_major += [(ell, m) for ell in range(m, lmax + 1)] + [
-                (ell, -m) for ell in range(m, lmax + 1)
-            ]
-        index = [layout.degrees_and_orders.index(lm) for lm in order_major]
-        self.register_buffer("order_major", torch.tensor(index, dtype=torch.long), persistent=False)
-        inverse = sorted(range(len(index)), key=index.__getitem__)
-        self.register_buffer("degree_major", torch.tensor(inverse, dtype=torch.long), persistent=False)
 
     def forward(self, x: Tensor, radial: Tensor | None = None) -> tuple[Tensor, Tensor]:
         num_edges = x.shape[0]
-        x = x.index_select(1, self.order_major)
         scales = None
         if self.radial is not None:
             if radial is None:
                 raise ValueError("this SO(2) convolution is modulated by radial features; pass them")
             scales = self.radial(radial).split([n * self.in_channels for n in self.degrees_per_order], dim=-1)
-        n0 = self.degrees_per_order[0]
-        x0 = x[:, :n0].reshape(num_edges, n0 * self.in_channels)
+        # split, not slices: the backward of a split is one cat, of each slice a full-size zero tensor and an add.
+        n0, *pair_degrees = self.degrees_per_order
+        x0, *pairs = x.split([n0] + [2 * n for n in pair_degrees], dim=1)
+        x0 = x0.reshape(num_edges, n0 * self.in_channels)
         if scales is not None:
             x0 = x0 * scales[0]
-        out0 = self.linear_m0(x0)
-        blocks = [out0[:, : n0 * self.out_channels].reshape(num_edges, n0, self.out_channels)]
-        extra = out0[:, n0 * self.out_channels :]
-        start = n0
-        for m, linear in enumerate(self.linear_m, start=1):
-            n = self.degrees_per_order[m]
-            pair = x[:, start : start + 2 * n].reshape(num_edges, 2, n * self.in_channels).transpose(0, 1)
-            start += 2 * n
+        out0, extra = self.linear_m0(x0).split([n0 * self.out_channels, self.extra_scalars], dim=-1)
+        blocks = [out0.reshape(num_edges, n0, self.out_channels)]
+        for m, (n, pair, linear) in enumerate(zip(pair_degrees, pairs, self.linear_m, strict=True), start=1):
+            pair = pair.reshape(num_edges, 2, n * self.in_channels)  # (+m, -m)
             if scales is not None:
-                pair = pair * scales[m]
-            w1_x, w2_x = linear(pair).chunk(2, dim=-1)  # each [2 (+m, -m), E, n * out]
-            plus = w1_x[0] - w2_x[1]
-            minus = w2_x[0] + w1_x[1]
-            blocks += [
-                plus.reshape(num_edges, n, self.out_channels),
-                minus.reshape(num_edges, n, self.out_channels),
-            ]
-        return torch.cat(blocks, dim=1).index_select(1, self.degree_major), extra
+                pair = pair * scales[m].unsqueeze(1)
+            # [y_+; y_-] = [[W1, -W2], [W2, W1]] [x_+; x_-] as one matmul; linear.weight is [W1; W2].
+            w1, w2 = linear.weight.chunk(2, dim=0)
+            weight = torch.cat([linear.weight, torch.cat([-w2, w1], dim=0)], dim=1)
+            out = nn.functional.linear(pair.reshape(num_edges, 2 * n * self.in_channels), weight)
+            blocks.append(out.reshape(num_edges, 2 * n, self.out_channels))
+        return torch.cat(blocks, dim=1), extra

@@ -12,6 +12,7 @@ from model.activation import s2_grid_projections
 from model.so2_conv import SO2Convolution
 from model.so3 import (
     CoefficientLayout,
+    edge_frame_rotation,
     edge_rotation,
     l1_to_vector,
     rotate_from_edge_frame,
@@ -94,15 +95,15 @@ def _edge_message(
     edge_vec: torch.Tensor, features: torch.Tensor, conv: SO2Convolution, lmax: int, mmax: int
 ) -> torch.Tensor:
     """Rotate features into each edge's frame, convolve, rotate back: independent of the frame's roll."""
-    wigner = wigner_d(edge_rotation(edge_vec), lmax)
-    message, _ = conv(rotate_to_edge_frame(features, wigner, mmax))
-    return rotate_from_edge_frame(message, wigner, mmax)
+    rotation = edge_frame_rotation(wigner_d(edge_rotation(edge_vec), lmax), mmax)
+    message, _ = conv(rotate_to_edge_frame(features, rotation))
+    return rotate_from_edge_frame(message, rotation)
 
 
 def test_wigner_path_has_correct_first_and_second_derivatives_along_axes():
     lmax, mmax = 3, 2
     torch.manual_seed(0)
-    conv = SO2Convolution(CoefficientLayout(lmax, mmax), 2, 2).double()
+    conv = SO2Convolution(CoefficientLayout(lmax, mmax, order_major=True), 2, 2).double()
     features = torch.randn(len(AXES), (lmax + 1) ** 2, 2, dtype=torch.float64)
     edges = AXES.clone().requires_grad_(True)
     edges_off_axis = (AXES + torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)).requires_grad_(True)
