@@ -283,10 +283,10 @@ def live_and_exported_energies(config_path: Path, out: Path) -> None:
     """Worker (every rank): train, take energies from the live ZeRO-3 engine, export on rank 0, compare there."""
     from ase.build import bulk, molecule
 
+    from launch.cli import main as atomfm
     from model.calculator import AtomFMCalculator, atoms_to_batch
     from train.config import load_config
     from train.engine.distributed import init_distributed, shutdown_distributed
-    from train.export_cli import export_checkpoint
     from train.trainer import Trainer
 
     cfg = load_config(config_path)
@@ -300,8 +300,8 @@ def live_and_exported_energies(config_path: Path, out: Path) -> None:
         live = trainer.engine.forward(batch, ("energy",), False)["energy"].tolist()
     ctx.barrier()
     if ctx.is_main:
-        export_checkpoint(result.checkpoint, out / "export")
-        export_checkpoint(result.checkpoint, out / "export_ema", ema=True)
+        assert atomfm(["export", str(result.checkpoint), "--out", str(out / "export")]) == 0
+        assert atomfm(["export", str(cfg.run_dir), "--out", str(out / "export_ema"), "--ema"]) == 0
         calc = AtomFMCalculator.from_checkpoint(
             out / "export", dtype=torch.float32, level_of_theory="gfn2-xtb"
         )
@@ -390,6 +390,22 @@ def test_ddp_engine_with_gradient_accumulation_under_torchrun(corpus, tmp_path):
     model = load_model(final)
     for name, value in model.state_dict().items():
         assert_close(value, saved["model"][name].float())
+
+
+def test_nonfinite_losses_in_a_row_stop_the_run_with_a_checkpoint(corpus, tmp_path):
+    cfg = run_config(
+        corpus,
+        tmp_path / "nan",
+        deepspeed={"zero_stage": 0},
+        run={"max_steps": 4, "max_nonfinite_in_row": 1},
+        debug={"poison_loss_at_step": 1},
+    )
+    command = [sys.executable, "-m", "launch.cli", "train", "--config", str(cfg["path"]), "--no-wandb"]
+    result = subprocess.run(command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "non-finite loss in 1 micro-batches in a row at step 1" in result.stderr
+    (saved,) = list_checkpoints(tmp_path / "nan")
+    assert saved.name == "step_00000001" and f"saved {saved}" in result.stderr
 
 
 def test_single_process_without_a_launcher_stops_cleanly_on_sigterm(corpus, tmp_path):

@@ -273,7 +273,7 @@ class Trainer:
         self.logger.close()
         if stopped_by == "nonfinite":
             raise NonFiniteLossError(
-                f"{st.nonfinite_in_row} non-finite losses in a row at step {st.step} (limit "
+                f"non-finite loss in {st.nonfinite_in_row} micro-batches in a row at step {st.step} (limit "
                 f"run.max_nonfinite_in_row={cfg.run.max_nonfinite_in_row}); saved {self._last_saved}. Lower "
                 "optim.lr, check the corpus labels (atomfm data inspect), or raise the limit"
             )
