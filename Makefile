@@ -24,6 +24,9 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/atomfm data demo --out data/demo --scale demo
 	$(VENV)/bin/atomfm data inspect data/demo
+	# pretrain a small model: 2 processes under DeepSpeed (gloo on CPU), resumes if interrupted
+	$(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train --config configs/pretrain_demo.yaml
+	$(VENV)/bin/atomfm export runs/pretrain_demo --out runs/pretrain_demo/export
 
 test: setup
 	$(PY) -m pytest -q
