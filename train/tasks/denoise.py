@@ -12,8 +12,8 @@ from train.tasks.corruption import CorruptionState, jostle_positions
 
 
 @dataclass
-class DenoiseSettings(TaskSettings):
-    """fraction: share of the structures not already noised (by DeNS) that get noised; sigma: Å, log-uniform."""
+class NoiseSettings(TaskSettings):
+    """fraction: share of eligible structures that get noised; sigma: Å, drawn log-uniform in [sigma_min, sigma_max]."""
 
     fraction: float = 0.5
     sigma_min: float = 0.01
@@ -26,6 +26,11 @@ class DenoiseSettings(TaskSettings):
         if not 0.0 < self.sigma_min <= self.sigma_max:
             out["sigma_max"] = f"need 0 < sigma_min <= sigma_max, got {self.sigma_min} and {self.sigma_max} Å"
         return out
+
+
+@dataclass
+class DenoiseSettings(NoiseSettings):
+    """fraction: share of the structures not already noised (by DeNS) that get noised; sigma: Å, log-uniform."""
 
 
 class CoordinateDenoising(Task):

@@ -12,26 +12,14 @@ from typing import Any
 
 from torch import Tensor
 
-from train.tasks.base import LossTerms, Task, TaskSettings
+from train.tasks.base import LossTerms, Task
 from train.tasks.corruption import CorruptionState, jostle_positions
-from train.tasks.denoise import noise_prediction_terms
+from train.tasks.denoise import NoiseSettings, noise_prediction_terms
 
 
 @dataclass
-class DeNSSettings(TaskSettings):
+class DeNSSettings(NoiseSettings):
     """fraction: share of the force-labelled structures that get noised; sigma: Å, log-uniform."""
-
-    fraction: float = 0.5
-    sigma_min: float = 0.01
-    sigma_max: float = 0.1
-
-    def problems(self) -> dict[str, str]:
-        out = super().problems()
-        if not 0.0 <= self.fraction <= 1.0:
-            out["fraction"] = f"must be in [0, 1], got {self.fraction}"
-        if not 0.0 < self.sigma_min <= self.sigma_max:
-            out["sigma_max"] = f"need 0 < sigma_min <= sigma_max, got {self.sigma_min} and {self.sigma_max} Å"
-        return out
 
 
 class DeNS(Task):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import Tensor
+
+from train.tasks.base import TaskSettings
 
 ERROR_KINDS = ("mse", "l1", "huber", "l2")
 
@@ -26,3 +30,19 @@ def pointwise_error(prediction: Tensor, target: Tensor, kind: str, huber_delta: 
     if kind == "l2":
         return diff.pow(2).sum(dim=1).clamp_min(1e-12).sqrt()
     raise ValueError(f"unknown error kind {kind!r}; expected one of {', '.join(ERROR_KINDS)}")
+
+
+@dataclass
+class RegressionSettings(TaskSettings):
+    """error: one of ``ERROR_KINDS``; huber_delta: in the label's units."""
+
+    error: str = "mse"
+    huber_delta: float = 0.01
+
+    def problems(self) -> dict[str, str]:
+        out = super().problems()
+        if self.error not in ERROR_KINDS:
+            out["error"] = f"unknown error {self.error!r}; expected one of {', '.join(ERROR_KINDS)}"
+        if self.huber_delta <= 0:
+            out["huber_delta"] = f"must be positive, got {self.huber_delta}"
+        return out

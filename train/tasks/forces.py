@@ -7,25 +7,16 @@ from typing import Any
 
 from torch import Tensor
 
-from train.tasks.base import LossTerms, Task, TaskSettings
+from train.tasks.base import LossTerms, Task
 from train.tasks.corruption import CorruptionState
-from train.tasks.errors import ERROR_KINDS, pointwise_error
+from train.tasks.errors import RegressionSettings, pointwise_error
 
 
 @dataclass
-class ForcesSettings(TaskSettings):
+class ForcesSettings(RegressionSettings):
     """error: l2 (per-atom Euclidean norm, fairchem's l2mae) | mse | l1 | huber, in eV/Å."""
 
     error: str = "l2"
-    huber_delta: float = 0.01
-
-    def problems(self) -> dict[str, str]:
-        out = super().problems()
-        if self.error not in ERROR_KINDS:
-            out["error"] = f"unknown error {self.error!r}; expected one of {', '.join(ERROR_KINDS)}"
-        if self.huber_delta <= 0:
-            out["huber_delta"] = f"must be positive, got {self.huber_delta}"
-        return out
 
 
 class ForceRegression(Task):
