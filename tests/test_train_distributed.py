@@ -7,6 +7,8 @@
 - the deepspeed launcher, 2 ranks, ZeRO-3 with gradient accumulation, direct forces + denoising + contrast,
   one poisoned micro-batch: it is skipped and the run goes on; the ZeRO-3 checkpoint exports to safetensors
   that the ASE calculator loads with the live model's energies (and the EMA export joins the partitions);
+- two torchrun agents meeting through a c10d rendezvous on localhost (a two-node job): the same losses as
+  the single-node run;
 - plain DDP under torchrun with gradient accumulation; a single process without any launcher, stopped by
   SIGTERM with a checkpoint.
 
@@ -335,6 +337,31 @@ def zero3_run(corpus, tmp_path_factory) -> dict:
     worker = deepspeed_launcher(2, str(Path(__file__).resolve()), "zero3-export", str(cfg["path"]), str(base))
     result = launch(worker, base / "run.log")
     return cfg | {"base": base, "stdout": result.stdout}
+
+
+def test_two_nodes_on_localhost_reproduce_the_single_node_losses(zero2_run, tmp_path):
+    """Two torchrun agents, one process each, meet through a c10d rendezvous on localhost as a two-node job
+    would; the global batch is the same as the single-node 2-rank run's, so the losses are too."""
+    reference = losses(Path(zero2_run["run"]["out_dir"]))
+    cfg = run_config(Path(zero2_run["data"]["corpus"][0]), tmp_path / "two_nodes")
+    endpoint = f"127.0.0.1:{free_port()}"
+    agents = []
+    for node in range(2):
+        command = [
+            sys.executable, "-m", "torch.distributed.run",
+            "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
+            "--rdzv_id=atomfm-two-nodes", "--max_restarts=0",
+            "-m", "launch.cli", "train", "--config", str(cfg["path"]), "--no-wandb",
+        ]  # fmt: skip
+        log = open(tmp_path / f"node{node}.log", "w")
+        agents.append((subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=log, stderr=log), log))
+    for agent, log in agents:
+        assert agent.wait(timeout=300) == 0, (tmp_path / Path(log.name).name).read_text()[-3000:]
+        log.close()
+    two_nodes = losses(Path(cfg["run"]["out_dir"]))
+    assert sorted(two_nodes) == sorted(reference) == [1, 2, 3, 4, 5, 6]
+    for step, values in reference.items():
+        assert two_nodes[step]["loss"] == pytest.approx(values["loss"], rel=1e-5), step
 
 
 def test_zero3_direct_forces_and_denoising_under_the_deepspeed_launcher(zero3_run):
