@@ -209,6 +209,8 @@ def test_zero2_conservative_forces_on_two_ranks_under_torchrun(zero2_run):
     assert sorted(p.name for p in final.glob("rank_*.pt")) == ["rank_00000.pt", "rank_00001.pt"]
     assert len(list((final / "ds" / "state").glob("*optim_states.pt"))) == 2
     assert json.loads((final / "trainer_state.json").read_text())["step"] == 6
+    # 15 xTB conformers outnumber 12 EMT cells and 4 amber14 helices: the calculator's default level
+    assert json.loads((final / "model_config.json").read_text())["main_level_of_theory"] == "gfn2-xtb"
 
 
 def test_two_rank_gradients_equal_one_process_on_the_global_batch(zero2_run):

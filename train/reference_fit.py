@@ -7,12 +7,14 @@ least squares of ``model.reference_energies``. Damaged samples are skipped and c
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import webdataset as wds
 
+from data_pipeline.manifest import read_manifest
 from data_pipeline.sample_codec import decode_sample
 from data_pipeline.schema import BadInputError
 from data_pipeline.stream_plan import load_shard_table
@@ -58,3 +60,16 @@ def fit_reference_energies_on_corpus(corpus: list[str], split: str, num_levels: 
         return ReferenceFit(torch.zeros(num_levels, 119, dtype=torch.float64), 0, skipped)
     table = fit_reference_energies_from_arrays(numbers, energies, levels, num_levels=num_levels)
     return ReferenceFit(table, len(energies), skipped)
+
+
+def main_level_of_theory(corpus: list[str], split: str) -> str:
+    """The level of theory most structures of ``split`` are labelled at (from the manifests), else ``none``.
+
+    A checkpoint's calculator predicts at this level unless told otherwise.
+    """
+    counts: Counter = Counter()
+    for folder in corpus:
+        for shard in read_manifest(folder).select(split=split):
+            counts.update(shard.levels_of_theory)
+    counts.pop("none", None)
+    return min(counts, key=lambda level: (-counts[level], level)) if counts else "none"

@@ -32,7 +32,7 @@ from train.engine import TrainEngine, build_engine
 from train.engine.distributed import DistContext
 from train.logging import RunLogger, peak_memory_gib
 from train.loss_balance import BalancedLoss, balance_losses
-from train.reference_fit import fit_reference_energies_on_corpus
+from train.reference_fit import fit_reference_energies_on_corpus, main_level_of_theory
 from train.tasks import CorruptionState, Task, build_tasks
 
 GRADIENTS_FILE = "gradients_step_{step}.pt"
@@ -69,8 +69,16 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(cfg: TrainConfig) -> AtomFM:
-    """The model the config names (same initial weights on every rank: the caller seeds first)."""
-    return AtomFM(cfg.model_config())
+    """The model the config names (same initial weights on every rank: the caller seeds first).
+
+    Unless the config names the model's ``main_level_of_theory``, it is the corpus's most common one, so a
+    checkpoint's calculator answers as, say, GFN2-xTB rather than at the unlabelled level.
+    """
+    model_cfg = cfg.model_config()
+    if model_cfg.main_level_of_theory == "none":
+        data = StreamConfig.from_dict(cfg.data)
+        model_cfg.main_level_of_theory = main_level_of_theory(data.corpus, data.split)
+    return AtomFM(model_cfg)
 
 
 def endless(stream: StructureStream) -> Iterator[Any]:
