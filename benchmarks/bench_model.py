@@ -16,15 +16,18 @@ Structures (all shipped in installed packages): 16 ligands of the PDB Chemical C
 hydrogens (biotite), cobrotoxin with hydrogens (937 atoms, MDAnalysisTests; ``--quick``: the 137-atom
 Ala6-Pro-Ala6 helix), and rattled diamond silicon (3x3x3 cubic cells, 216 atoms; ``--quick``: 64).
 
-MACE (mace-torch) and fairchem's EquiformerV2 run at the same channels, lmax and cutoff when their
-packages import. mace-torch pins e3nn 0.4, which the project's environment does not take, so the
-comparison runs from a separate environment that holds both (see docs/model.md, "Benchmark").
+MACE (mace-torch) and fairchem's EquiformerV2 (fairchem-core 1.10, the last release that ships it, installed
+without its torch 2.4 pin) run at the same channels, lmax and cutoff when their packages import in this
+interpreter; the JSON's ``baselines`` says which ran. mace-torch pins e3nn 0.4, which the project's
+environment does not take, so the comparison runs from a separate environment that holds both (see
+docs/model.md, "Benchmark").
 Prints a table and writes JSON (atomically).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -248,6 +251,130 @@ def bench_mace(
     return {"parameters": sum(p.numel() for p in model.parameters()), "hidden_irreps": hidden, **result}
 
 
+def import_equiformer_v2() -> None:
+    """Import fairchem 1.x's EquiformerV2. fairchem imports ``torch_scatter.scatter``, a compiled extension
+    with no build for current torch: when it is missing, torch_geometric's pure-torch ``scatter`` stands in
+    (same arguments; torch_scatter's default ``dim`` is -1)."""
+    if "torch_scatter" not in sys.modules and importlib.util.find_spec("torch_scatter") is None:
+        import types
+
+        from torch_geometric.utils import scatter as pyg_scatter
+
+        def scatter(src, index, dim=-1, out=None, dim_size=None, reduce="sum"):  # noqa: ANN001, ANN202
+            if out is not None:
+                raise NotImplementedError("torch_scatter stand-in: out= is not supported")
+            return pyg_scatter(src, index, dim=dim, dim_size=dim_size, reduce=reduce)
+
+        shim = types.ModuleType("torch_scatter")
+        shim.__spec__ = importlib.machinery.ModuleSpec("torch_scatter", None)
+        shim.scatter = scatter
+        sys.modules["torch_scatter"] = shim
+    # e3nn 0.4 (shared with MACE) unpickles slices: see bench_mace
+    with torch.serialization.safe_globals([slice]):
+        importlib.import_module("fairchem.core.models.equiformer_v2.equiformer_v2")
+
+
+def bench_equiformer_v2(
+    channels: int,
+    lmax: int,
+    cutoff: float,
+    structures: list[Atoms],
+    device: torch.device,
+    repeat: int,
+    *,
+    mmax: int | None = None,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    attn_channels: int = 32,
+    ffn_channels: int = 128,
+) -> dict[str, Any]:
+    """fairchem 1.x's EquiformerV2 (backbone + scalar energy head + direct vector force head) at the same
+    channels, lmax, mmax (default min(lmax, 2)), layers, heads, attention and FFN widths as atomfm's size
+    (attention: ``attn_channels`` hidden, ``attn_channels / num_heads`` alpha and value channels per head);
+    fairchem's other defaults (512 Gaussian distance bases, 128 edge channels, separable S2 activations, RMS
+    norm), dropout and drop path off. The graph is every pair within ``cutoff``: built by fairchem
+    (``radius_graph_pbc``) for periodic structures, passed in as ``edge_index`` for molecules (fairchem's
+    molecular path calls torch_geometric's ``radius_graph``, which needs pyg-lib)."""
+    import_equiformer_v2()
+    from fairchem.core.models.equiformer_v2.equiformer_v2 import EquiformerV2Backbone
+    from fairchem.core.models.equiformer_v2.heads import EqV2ScalarHead, EqV2VectorHead
+    from torch_geometric.data import Batch, Data
+
+    periodic = any(bool(atoms.pbc.any()) for atoms in structures)
+    graphs = []
+    for atoms in structures:
+        pos = torch.tensor(atoms.positions, dtype=torch.float32)
+        graph = Data(
+            pos=pos,
+            atomic_numbers=torch.tensor(atoms.numbers, dtype=torch.long),
+            cell=torch.tensor(np.asarray(atoms.cell), dtype=torch.float32).view(1, 3, 3),
+            pbc=torch.tensor(atoms.pbc).view(1, 3),
+            natoms=torch.tensor([len(atoms)]),
+        )
+        if not periodic:
+            i, j = torch.nonzero(torch.cdist(pos, pos) < cutoff, as_tuple=True)
+            keep = i != j
+            graph.edge_index = torch.stack([j[keep], i[keep]])  # fairchem: row 0 source j, row 1 target i
+        graphs.append(graph)
+    batch = Batch.from_data_list(graphs).to(device)
+    num_atoms = int(batch.pos.shape[0])
+
+    torch.manual_seed(0)
+    backbone = EquiformerV2Backbone(
+        use_pbc=periodic,
+        regress_forces=True,
+        otf_graph=periodic,
+        max_neighbors=10_000,  # every neighbour within the cutoff, as atomfm and MACE use
+        max_radius=cutoff,
+        max_num_elements=100,
+        num_layers=num_layers,
+        sphere_channels=channels,
+        attn_hidden_channels=attn_channels,
+        num_heads=num_heads,
+        attn_alpha_channels=attn_channels // num_heads,  # fairchem's are per head, atomfm's split over heads
+        attn_value_channels=attn_channels // num_heads,
+        ffn_hidden_channels=ffn_channels,
+        lmax_list=[lmax],
+        mmax_list=[min(lmax, 2) if mmax is None else mmax],
+        alpha_drop=0.0,
+        drop_path_rate=0.0,
+        avg_num_nodes=num_atoms / len(structures),
+        avg_degree=30.0,
+    )
+    model = torch.nn.ModuleDict(
+        {"backbone": backbone, "energy": EqV2ScalarHead(backbone), "forces": EqV2VectorHead(backbone)}
+    ).to(device)
+
+    def energy_and_forces(conservative: bool, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        batch.pos.requires_grad_(conservative)
+        emb = model["backbone"](batch)
+        energy = model["energy"](batch, emb)["energy"]
+        if conservative:
+            (grad,) = torch.autograd.grad(energy.sum(), batch.pos, create_graph=create_graph)
+            return energy, -grad
+        return energy, model["forces"](batch, emb)["forces"]
+
+    def loss(conservative: bool) -> torch.Tensor:
+        energy, forces = energy_and_forces(conservative, create_graph=True)
+        return energy.square().sum() + forces.square().sum()
+
+    result = time_steps(
+        model,
+        lambda: energy_and_forces(True, create_graph=False),
+        lambda: loss(False),
+        lambda: loss(True),
+        num_atoms,
+        device,
+        repeat,
+    )
+    batch.pos.requires_grad_(False)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "edges": int(backbone.generate_graph(batch).edge_index.shape[1]),
+        **result,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny size, small structures, one timed repeat")
@@ -297,7 +424,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "quick": args.quick,
         "rows": rows,
-        "baselines": baseline_status(),
+        "baselines": baseline_status(rows),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -308,12 +435,24 @@ def main() -> None:
     print(f"baselines: {result['baselines']}\nwrote {out}")
 
 
-def baseline_status() -> dict[str, str]:
+def baseline_status(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Per baseline: "ran" (some row measured), "failed" (every row skipped) or why it did not import."""
     status = {}
-    for name, module in (("mace", "mace.modules"), ("equiformer_v2", "fairchem.core.models.equiformer_v2")):
+    for name, key, module in (
+        ("mace", "mace", "mace.modules"),
+        ("equiformer_v2", "eqv2", "fairchem.core.models.equiformer_v2.equiformer_v2"),
+    ):
+        ran = [row for row in rows if row["model"] == key]
+        if ran:
+            status[name] = "ran" if any("skipped" not in row for row in ran) else "failed"
+            continue
         try:
-            importlib.import_module(module)
-            status[name] = "ran"
+            if name == "equiformer_v2":
+                import_equiformer_v2()
+            else:
+                with torch.serialization.safe_globals([slice]):
+                    importlib.import_module(module)
+            status[name] = "importable, not run"
         except ImportError as err:
             status[name] = f"not importable here ({err})"
     return status
@@ -322,15 +461,46 @@ def baseline_status() -> dict[str, str]:
 def baseline_rows(
     size: str, lmax: int, cfg: Any, system: str, atoms: list[Atoms], device: torch.device, repeat: int
 ) -> list[dict[str, Any]]:
-    if importlib.util.find_spec("mace") is None:
-        return []
-    row = {"model": "mace", "size": size, "lmax": lmax, "system": system, "atoms": sum(len(a) for a in atoms)}
-    try:
-        row.update(bench_mace(cfg.backbone.channels, lmax, cfg.backbone.cutoff, atoms, device, repeat))
-    except (RuntimeError, ValueError, TypeError, KeyError) as err:
-        row["skipped"] = f"failed: {type(err).__name__}: {err}"
-    print_row(row)
-    return [row]
+    """One row per baseline whose package imports in this interpreter (MACE, EquiformerV2)."""
+    b = cfg.backbone
+    runs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    if importlib.util.find_spec("mace") is not None:
+        runs.append(("mace", lambda: bench_mace(b.channels, lmax, b.cutoff, atoms, device, repeat)))
+    if importlib.util.find_spec("fairchem") is not None:
+        runs.append(
+            (
+                "eqv2",
+                lambda: bench_equiformer_v2(
+                    b.channels,
+                    lmax,
+                    b.cutoff,
+                    atoms,
+                    device,
+                    repeat,
+                    mmax=b.mmax,
+                    num_layers=b.num_layers,
+                    num_heads=b.num_heads,
+                    attn_channels=b.attn_channels,
+                    ffn_channels=b.ffn_channels,
+                ),
+            )
+        )
+    rows = []
+    for name, bench in runs:
+        row = {
+            "model": name,
+            "size": size,
+            "lmax": lmax,
+            "system": system,
+            "atoms": sum(len(a) for a in atoms),
+        }
+        try:
+            row.update(bench())
+        except (RuntimeError, ValueError, TypeError, KeyError, AssertionError, ImportError) as err:
+            row["skipped"] = f"failed: {type(err).__name__}: {err}"
+        print_row(row)
+        rows.append(row)
+    return rows
 
 
 def available_memory(device: torch.device) -> float:
