@@ -13,13 +13,12 @@ import argparse
 import json
 import os
 import platform
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import vesin
 from ase.build import bulk
+from timing import seconds_per_call
 
 from model.backbone import EquivariantTransformer
 from model.sizes import backbone_config, count_backbone_parameters
@@ -39,18 +38,6 @@ def silicon_graph(supercell: int, cutoff: float, device: torch.device) -> dict[s
         "edge_index": torch.tensor(np.stack([j, i]), dtype=torch.long, device=device),
         "shifts": torch.tensor(shifts, dtype=torch.float32, device=device),
     }
-
-
-def seconds_per_call(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / repeat
 
 
 def wigner_rows(device: torch.device, num_edges: int, repeat: int) -> list[dict]:

@@ -34,7 +34,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +46,8 @@ from ase import Atoms
 from ase.build import bulk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import seconds_per_call  # noqa: E402
 
 from model.activation_memory import estimate_activation_memory, measure_saved_activations  # noqa: E402
 from model.atomfm import AtomFM, model_config  # noqa: E402
@@ -100,18 +101,6 @@ def crystal(quick: bool) -> list[Atoms]:
 
 def systems(quick: bool) -> dict[str, list[Atoms]]:
     return {"ligands": ligand_batch(4 if quick else 16), "protein": protein(quick), "crystal": crystal(quick)}
-
-
-def seconds_per_call(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / repeat
 
 
 def training_memory(model: torch.nn.Module, step: Callable[[], Any], device: torch.device) -> int:

@@ -1,0 +1,21 @@
+"""Wall-clock timing shared by the benchmark scripts (run as `python benchmarks/<script>.py`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def seconds_per_call(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
+    """Mean seconds of ``fn()`` over ``repeat`` calls after one warm-up call, synchronising CUDA around them."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / repeat
