@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from data_pipeline.schema import Structure
-from data_pipeline.sources.perturb import rattle, strain
+from data_pipeline.sources.perturb import perturbed_crystal
 
 EMT_METALS: tuple[str, ...] = ("Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au")
 # (repeat, cubic cell?) → 27, 32 and 48 atoms
@@ -58,14 +58,12 @@ def emt_alloys(
             atoms.cell * ((1 - share) * lattice[host] + share * lattice[guest]) / lattice[host],
             scale_atoms=True,
         )
-        cell, positions = strain(atoms.cell.array, atoms.positions, max_strain, rng)
-        yield Structure(
+        yield perturbed_crystal(
+            atoms,
             key=f"emt_alloys/{index:06d}",
-            domain="material",
-            atomic_numbers=atoms.numbers.astype(np.uint8),
-            positions=rattle(positions, max_displacement, rng).astype(np.float32),
-            cell=cell.astype(np.float32),
-            pbc=np.ones(3, dtype=bool),
             group_id=reduced_formula(symbols.tolist()),
             extra={"origin": "fcc alloy", "host": str(host), "guest": str(guest), "guest_fraction": share},
+            max_strain=max_strain,
+            max_displacement=max_displacement,
+            rng=rng,
         )

@@ -13,7 +13,7 @@ import numpy as np
 
 from data_pipeline.schema import Structure
 from data_pipeline.sources.alloys import reduced_formula
-from data_pipeline.sources.perturb import rattle, strain
+from data_pipeline.sources.perturb import perturbed_crystal
 
 
 @dataclass(frozen=True)
@@ -109,14 +109,12 @@ def crystals(
             atoms = atoms.repeat(repeat)
         group = reduced_formula(atoms.get_chemical_symbols())
         for copy in range(copies):
-            cell, positions = strain(atoms.cell.array, atoms.positions, max_strain, rng)
-            yield Structure(
+            yield perturbed_crystal(
+                atoms,
                 key=f"crystals/{crystal.collection}/{crystal.name}/{copy}",
-                domain="material",
-                atomic_numbers=atoms.numbers.astype(np.uint8),
-                positions=rattle(positions, max_displacement, rng).astype(np.float32),
-                cell=cell.astype(np.float32),
-                pbc=np.ones(3, dtype=bool),
                 group_id=group,
                 extra={"origin": crystal.collection, "name": crystal.name},
+                max_strain=max_strain,
+                max_displacement=max_displacement,
+                rng=rng,
             )

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from ase import Atoms
+
+from data_pipeline.schema import Structure
 
 
 def rattle(positions: np.ndarray, max_displacement: float, rng: np.random.Generator) -> np.ndarray:
@@ -22,3 +27,27 @@ def strain(
     eps = rng.uniform(-max_strain, max_strain, size=(3, 3))
     deformation = np.eye(3) + (eps + eps.T) / 2
     return cell @ deformation, positions @ deformation
+
+
+def perturbed_crystal(
+    atoms: Atoms,
+    *,
+    key: str,
+    group_id: str,
+    extra: dict[str, Any],
+    max_strain: float,
+    max_displacement: float,
+    rng: np.random.Generator,
+) -> Structure:
+    """A randomly strained, then rattled copy of a periodic cell as a ``material`` record."""
+    cell, positions = strain(atoms.cell.array, atoms.positions, max_strain, rng)
+    return Structure(
+        key=key,
+        domain="material",
+        atomic_numbers=atoms.numbers.astype(np.uint8),
+        positions=rattle(positions, max_displacement, rng).astype(np.float32),
+        cell=cell.astype(np.float32),
+        pbc=np.ones(3, dtype=bool),
+        group_id=group_id,
+        extra=extra,
+    )
