@@ -62,6 +62,20 @@ def strained_energy(labeller, s: Structure, i: int, j: int, eps: float) -> float
     return labeller(replace(s, cell=s.cell @ deformation, positions=s.positions @ deformation)).energy
 
 
+def finite_difference_force(labeller, s: Structure, atom: int, h: float) -> list[float]:
+    """−∂E/∂x of one atom by central differences of the labeller's energy, eV/Å."""
+    force = []
+    for axis in range(3):
+        plus, minus = s.positions.copy(), s.positions.copy()
+        plus[atom, axis] += h
+        minus[atom, axis] -= h
+        force.append(
+            -(labeller(replace(s, positions=plus)).energy - labeller(replace(s, positions=minus)).energy)
+            / (2 * h)
+        )
+    return force
+
+
 def peptide() -> Structure:
     """A6PA6, a 13-residue α-helical peptide with hydrogens, read by the project's PDB reader."""
     return next(read_structures(mdanalysis_data_dir() / "A6PA6_alpha.pdb"))
@@ -95,15 +109,7 @@ def test_emt_forces_and_stress_are_derivatives_of_its_energy():
     assert labelled.level_of_theory == "emt" and labelled.stress.shape == (3, 3)
     h = 1e-4
     for atom in (0, 7):
-        numeric = []
-        for axis in range(3):
-            plus, minus = s.positions.copy(), s.positions.copy()
-            plus[atom, axis] += h
-            minus[atom, axis] -= h
-            numeric.append(
-                -(emt(replace(s, positions=plus)).energy - emt(replace(s, positions=minus)).energy) / (2 * h)
-            )
-        close(labelled.forces[atom], numeric, rtol=1e-4, atol=1e-5)
+        close(labelled.forces[atom], finite_difference_force(emt, s, atom, h), rtol=1e-4, atol=1e-5)
     volume = abs(np.linalg.det(s.cell))
     for i, j in ((0, 0), (1, 2)):
         numeric = (strained_energy(emt, s, i, j, 1e-5) - strained_energy(emt, s, i, j, -1e-5)) / 2e-5 / volume
@@ -121,16 +127,8 @@ def test_amber14_energy_is_finite_and_forces_match_finite_differences():
     labelled = amber(s)
     assert labelled.level_of_theory == "amber14" and labelled.num_atoms == s.num_atoms
     assert np.isfinite(labelled.energy) and labelled.stress is None
-    atom, h = 10, 1e-3
-    numeric = []
-    for axis in range(3):
-        plus, minus = s.positions.copy(), s.positions.copy()
-        plus[atom, axis] += h
-        minus[atom, axis] -= h
-        numeric.append(
-            -(amber(replace(s, positions=plus)).energy - amber(replace(s, positions=minus)).energy) / (2 * h)
-        )
-    close(labelled.forces[atom], numeric, rtol=2e-3, atol=2e-3)
+    atom = 10
+    close(labelled.forces[atom], finite_difference_force(amber, s, atom, 1e-3), rtol=2e-3, atol=2e-3)
 
 
 def test_amber14_labels_the_structure_pdbfixer_completed():
