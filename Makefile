@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 
-.PHONY: setup demo test lint clean
+.PHONY: setup setup-bench demo test lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# MACE beside atomfm for benchmarks/bench_model.py (~20 s, ~50 MB); the torch spec keeps pip off the pinned torch
+setup-bench: setup
+	$(PY) -m pip install --quiet -e '.[dev,bench]' $(if $(TORCH_SPEC),"$(TORCH_SPEC)")
 
 demo: setup
 	$(VENV)/bin/atomfm data demo --out data/demo --scale demo

@@ -18,9 +18,9 @@ Ala6-Pro-Ala6 helix), and rattled diamond silicon (3x3x3 cubic cells, 216 atoms;
 
 MACE (mace-torch) and fairchem's EquiformerV2 (fairchem-core 1.10, the last release that ships it, installed
 without its torch 2.4 pin) run at the same channels, lmax and cutoff when their packages import in this
-interpreter; the JSON's ``baselines`` says which ran. mace-torch pins e3nn 0.4, which the project's
-environment does not take, so the comparison runs from a separate environment that holds both (see
-docs/model.md, "Benchmark").
+interpreter; the JSON's ``baselines`` says which ran. MACE installs beside atomfm (``make setup-bench``), so
+the project's own environment runs atomfm and MACE; EquiformerV2 runs from a separate environment that
+holds all three (see docs/model.md, "Benchmark").
 Prints a table and writes JSON (atomically).
 """
 
@@ -424,6 +424,12 @@ def main() -> None:
     print(f"baselines: {result['baselines']}\nwrote {out}")
 
 
+INSTALL_HINTS = {
+    "mace": "make setup-bench installs mace-torch beside atomfm",
+    "equiformer_v2": "fairchem-core 1.10 pins torch 2.4: run it from its own venv (docs/model.md, Benchmark)",
+}
+
+
 def baseline_status(rows: list[dict[str, Any]]) -> dict[str, str]:
     """Per baseline: "ran" (some row measured), "failed" (every row skipped) or why it did not import."""
     status = {}
@@ -443,7 +449,7 @@ def baseline_status(rows: list[dict[str, Any]]) -> dict[str, str]:
                     importlib.import_module(module)
             status[name] = "importable, not run"
         except ImportError as err:
-            status[name] = f"not importable here ({err})"
+            status[name] = f"not importable here ({err}); {INSTALL_HINTS[name]}"
     return status
 
 

@@ -6,13 +6,13 @@ import argparse
 import importlib
 import sys
 
-# (command group, module that defines `register(subparsers)`): a group whose module is missing is not shown.
+# (command group, module that defines `register(subparsers)`). Every listed module must import: one that
+# does not is an error naming the group, never a group that silently vanishes from `atomfm --help`.
 COMMAND_GROUPS: tuple[tuple[str, str], ...] = (
     ("data", "data_pipeline.cli"),
     ("model", "model.cli"),
     ("train", "train.cli"),
     ("export", "train.export_cli"),
-    ("eval", "eval.cli"),
 )
 
 
@@ -25,13 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local_rank", "--local-rank", dest="launcher_local_rank", type=int, default=None,
                         help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
-    for _name, module in COMMAND_GROUPS:
+    for name, module in COMMAND_GROUPS:
         try:
             mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name and module.startswith(err.name):
-                continue
-            raise
+        except ImportError as err:
+            raise ImportError(
+                f"atomfm command group {name!r}: its module {module} does not import ({err}); "
+                "reinstall atomfm (pip install -e .) or fix that module"
+            ) from err
         mod.register(sub)
     return parser
 
