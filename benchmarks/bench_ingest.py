@@ -23,7 +23,7 @@ from ase.build import bulk
 from ase.collections import g2
 from ase.data import chemical_symbols
 
-from data_pipeline.ingest import ingest_structures
+from data_pipeline.ingest import IngestOptions, ingest_structures
 from data_pipeline.inspect_corpus import inspect_corpus
 from data_pipeline.readers import read_structures
 from data_pipeline.schema import Structure
@@ -91,9 +91,9 @@ def main() -> None:
     rows = []
     for shard_size in args.shard_sizes:
         with tempfile.TemporaryDirectory() as folder:
-            ingest = {"source": "bench", "shard_size": shard_size, "progress": False}
-            ingest_s, record = timed(ingest_structures, structures, folder, **ingest)
-            rerun_s, _ = timed(ingest_structures, structures, folder, **ingest)
+            options = IngestOptions(source="bench", shard_size=shard_size, progress=False)
+            ingest_s, record = timed(ingest_structures, structures, folder, options)
+            rerun_s, _ = timed(ingest_structures, structures, folder, options)
             verify_s, report = timed(inspect_corpus, folder)
             assert not report["verification"]["bad"]
             size = sum(p.stat().st_size for p in Path(folder).glob("*.tar"))

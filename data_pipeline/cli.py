@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-fractions", default="0.9,0.05,0.05", help="train,val,test fractions")
     p.add_argument("--rebuild", action="store_true",
                    help="delete this source's shards and ingest it again (default: resume an interrupted run)")
-    p.set_defaults(func=_run("data_pipeline.ingest", "main"))
+    p.set_defaults(func=_run("data_pipeline.ingest_cli", "main"))
 
     p = dsub.add_parser("inspect", help="print a corpus summary and verify shard checksums")
     p.add_argument("corpus", help="corpus folder")

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline.ingest import ingest_structures
+from data_pipeline.ingest import IngestOptions, ingest_structures
 from data_pipeline.labels.process_pool import default_workers
 from data_pipeline.manifest import read_manifest
 from data_pipeline.schema import BadInputError, Structure
@@ -197,9 +197,7 @@ def build_demo_corpus(
     parts: dict[str, Any] = {}
     for part in demo_parts(plan, seed=seed, workers=workers):
         part_started = time.perf_counter()
-        record = ingest_structures(
-            part.structures(),
-            out_dir,
+        options = IngestOptions(
             source=part.source,
             domain=part.domain,
             label=part.label,
@@ -210,6 +208,7 @@ def build_demo_corpus(
             inputs={"builder": "atomfm data demo", "scale": scale, "seed": seed, **asdict(plan)},
             progress=progress,
         )
+        record = ingest_structures(part.structures(), out_dir, options)
         parts[part.source] = {
             "label": part.label,
             "seconds": round(time.perf_counter() - part_started, 1),

@@ -1,4 +1,4 @@
-"""`atomfm data ingest`: structure files → validated, split, labelled records → webdataset shards + manifest.
+"""Ingest structures into a corpus: validated, split, labelled records → webdataset shards + manifest.
 
 One call ingests one *source* into a corpus folder; several sources make one corpus. Per record:
 validate → split by hashing the group id → key uniqueness check → (resume skip) → label → shard. The
@@ -6,39 +6,35 @@ manifest is rewritten atomically after every finished shard, so an interrupted r
 exactly its complete shards. Re-running with the same inputs and options resumes: finished shards are
 verified (sha256) and kept, and their records are skipped per (domain, split) stream before labelling.
 Different inputs or options, or ``rebuild=True``, rebuild the source: its entries leave the manifest
-first, then its files are deleted, so the manifest never lists a missing file.
+first, then its files are deleted, so the manifest never lists a missing file. The command line,
+`atomfm data ingest`, is :mod:`data_pipeline.ingest_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
-import glob
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
 import tarfile
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from data_pipeline.labels import LABELLERS, label_structures
+from data_pipeline.atomic_files import is_temporary_of
+from data_pipeline.labels import LABELLERS, LabelOutcome, label_outcomes
 from data_pipeline.manifest import Manifest, ShardInfo, manifest_path, read_manifest, write_manifest
-from data_pipeline.readers import READERS, ReaderOptions, read_structures, supported_suffixes
-from data_pipeline.readers.sources import split_name
 from data_pipeline.schema import DOMAINS, BadInputError, Structure, validate
 from data_pipeline.shards import TMP_SUFFIX, ShardWriter, sha256_of
-from data_pipeline.splits import DEFAULT_FRACTIONS, SPLITS, assign_split, check_fractions, parse_fractions
+from data_pipeline.splits import DEFAULT_FRACTIONS, SPLITS, assign_split, check_fractions
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +58,60 @@ def check_source_name(source: str) -> str:
     return source
 
 
-def options_fingerprint(options: dict[str, Any], inputs: Any) -> str:
-    """SHA-256 of the canonical JSON of what decides a source's shards: options and a description of the inputs."""
-    text = json.dumps({"options": options, "inputs": inputs}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+@dataclass(frozen=True)
+class IngestOptions:
+    """How one source is ingested; checked when made (a bad value is a :class:`BadInputError` naming it).
+
+    domain: overrides every record's domain.   label: a method of :func:`label_outcomes` or ``"none"``
+    (keep the labels records carry).   workers: labelling processes (default: number of cores).
+    inputs: JSON-serialisable description of where the structures come from (files, sizes, reader
+    options); with :meth:`shard_options` it makes the fingerprint that decides between resuming and
+    rebuilding.   rebuild: rebuild the source even when the fingerprint is unchanged.
+    """
+
+    source: str
+    domain: str | None = None
+    label: str = "none"
+    shard_size: int = 1000
+    skip_bad: bool = False
+    workers: int | None = None
+    seed: int = 0
+    split_fractions: Sequence[float] = DEFAULT_FRACTIONS
+    rebuild: bool = False
+    inputs: Any = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_source_name(self.source)
+        object.__setattr__(self, "split_fractions", check_fractions(self.split_fractions))
+        if self.domain is not None and self.domain not in DOMAINS:
+            raise BadInputError(
+                f"unknown domain {self.domain!r}; expected one of {', '.join(DOMAINS)}", field="domain"
+            )
+        if self.shard_size < 1:
+            raise BadInputError(f"shard size must be >= 1, got {self.shard_size}", field="shard_size")
+        if self.label != "none" and self.label not in LABELLERS:
+            raise BadInputError(
+                f"unknown label method {self.label!r}; expected none or one of {', '.join(LABELLERS)}",
+                field="label",
+            )
+
+    def shard_options(self) -> dict[str, Any]:
+        """The options that decide what the shards hold, as the source's manifest record lists them."""
+        return {
+            "domain": self.domain,
+            "label": self.label,
+            "shard_size": self.shard_size,
+            "seed": self.seed,
+            "split_fractions": list(self.split_fractions),
+        }
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical JSON of the shard options and the description of the inputs."""
+        text = json.dumps(
+            {"options": self.shard_options(), "inputs": self.inputs}, sort_keys=True, default=str
+        )
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @contextmanager
@@ -109,10 +155,13 @@ def _remove_strays(out_dir: Path, manifest: Manifest, source: str) -> None:
     """Delete what an interrupted run can leave: temporary shards and manifests, and this source's unlisted shards."""
     listed = {s.path for s in manifest.shards}
     pattern = shard_pattern(source)
+    manifest_name = manifest_path(out_dir).name
     for path in sorted(out_dir.iterdir()):
         name = path.name
-        stray_tmp = name.endswith(".tar" + TMP_SUFFIX) or name.startswith(
-            f".{manifest_path(out_dir).name}.tmp-"
+        stray_tmp = (
+            name.endswith(".tar" + TMP_SUFFIX)
+            or name.startswith(f".{manifest_name}.tmp-")  # write_manifest's temporary before atomic_path
+            or is_temporary_of(name, manifest_name)
         )
         unlisted = pattern.match(name) is not None and name not in listed
         if path.is_file() and (stray_tmp or unlisted):
@@ -145,18 +194,18 @@ def _corpus_keys(out_dir: Path, manifest: Manifest, *, exclude_source: str) -> d
 class _Stream:
     """One (domain, split) stream of a source: its writer and where a resumed run picks up.
 
-    position: records that reached labelling in this stream so far (resumed ones included).
+    to_resume: records still to pass over when they are read, as already in this stream's kept shards.
+    position: records of this stream whose labelling has settled so far (resumed ones included).
     checkpoints: per finished shard, the position after its last record and the label failures before it.
     """
 
     domain: str
     split: str
-    resume_skip: int = 0
+    to_resume: int = 0
     position: int = 0
     label_skipped: Counter = field(default_factory=Counter)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     writer: ShardWriter | None = None
-    committed_position: int = 0
 
 
 class _SourceIngest:
@@ -167,30 +216,15 @@ class _SourceIngest:
         out_dir: Path,
         manifest: Manifest,
         record: dict[str, Any],
-        *,
-        source: str,
-        domain: str | None,
-        label: str,
-        shard_size: int,
-        skip_bad: bool,
-        workers: int | None,
-        seed: int,
-        fractions: tuple[float, float, float],
+        options: IngestOptions,
         skipped: Counter,
-        progress: bool,
     ) -> None:
         self.out_dir, self.manifest, self.record = out_dir, manifest, record
-        self.source, self.domain, self.label = source, domain, label
-        self.shard_size, self.skip_bad, self.workers = shard_size, skip_bad, workers
-        self.seed, self.fractions = seed, fractions
+        self.options, self.source = options, options.source
         self.skipped = skipped
-        self.progress = progress
         self.streams: dict[str, _Stream] = {}
-        self.other_keys = _corpus_keys(out_dir, manifest, exclude_source=source)
+        self.other_keys = _corpus_keys(out_dir, manifest, exclude_source=self.source)
         self.own_keys: set[str] = set()
-        self.pending: deque[tuple[str, _Stream, int]] = deque()
-        self.label_counter: Counter = Counter()
-        self.label_counted: Counter = Counter()
         self.run = {"started": _now(), "finished": None, "resumed": 0, "labelled": 0, "written": 0}
         record.setdefault("runs", []).append(self.run)
         for name, checkpoints in record.get("streams", {}).items():
@@ -198,7 +232,7 @@ class _SourceIngest:
             stream = self._stream(domain_name, split)
             stream.checkpoints = list(checkpoints)
             if checkpoints:
-                stream.resume_skip = checkpoints[-1]["position"]
+                stream.to_resume = stream.position = checkpoints[-1]["position"]
                 stream.label_skipped = Counter(checkpoints[-1]["label_skipped"])
 
     def _stream(self, domain: str, split: str) -> _Stream:
@@ -214,22 +248,21 @@ class _SourceIngest:
                 source=self.source,
                 domain=stream.domain,
                 split=stream.split,
-                shard_size=self.shard_size,
+                shard_size=self.options.shard_size,
                 start_index=len(stream.checkpoints),
                 on_shard=lambda info, s=stream: self._commit(s, info),
             )
         return stream.writer
 
-    def _skip(self, reason: str, err: BadInputError) -> None:
-        if not self.skip_bad:
+    def _skip(self, counter: Counter, reason: str, err: BadInputError) -> None:
+        """Raise ``err``, or with ``skip_bad`` log it and count it in ``counter[reason]``."""
+        if not self.options.skip_bad:
             raise err
         log.warning("skipped (%s): %s", reason, err)
-        self.skipped[reason] += 1
+        counter[reason] += 1
 
     def _commit(self, stream: _Stream, info: ShardInfo) -> None:
-        stream.checkpoints.append(
-            {"position": stream.committed_position, "label_skipped": dict(stream.label_skipped)}
-        )
+        stream.checkpoints.append({"position": stream.position, "label_skipped": dict(stream.label_skipped)})
         self.manifest.shards.append(info)
         self.write(status="running")
 
@@ -263,16 +296,18 @@ class _SourceIngest:
 
     def _prepared(self, structures: Iterable[Structure]) -> Iterator[Structure]:
         """Validated, split, unique records that still need a shard (resumed ones are skipped here)."""
+        domain, seed, fractions = self.options.domain, self.options.seed, self.options.split_fractions
         for s in structures:
             try:
-                s = validate(s if self.domain is None else replace(s, domain=self.domain))
+                s = validate(s if domain is None else replace(s, domain=domain))
             except BadInputError as err:
-                self._skip(err.field or "record", err)
+                self._skip(self.skipped, err.field or "record", err)
                 continue
             group = s.group_id or s.key
-            s = replace(s, group_id=group, split=assign_split(group, self.seed, self.fractions))
+            s = replace(s, group_id=group, split=assign_split(group, seed, fractions))
             if s.key in self.other_keys:
                 self._skip(
+                    self.skipped,
                     "duplicate key",
                     BadInputError(
                         f"key already in the corpus from source {self.other_keys[s.key]!r}; "
@@ -284,66 +319,46 @@ class _SourceIngest:
                 continue
             if s.key in self.own_keys:
                 self._skip(
+                    self.skipped,
                     "duplicate key",
                     BadInputError(f"key appears twice in source {self.source!r}", record=s.key, field="key"),
                 )
                 continue
             self.own_keys.add(s.key)
             stream = self._stream(s.domain, s.split)
-            stream.position += 1
-            if stream.position <= stream.resume_skip:
+            if stream.to_resume:
+                stream.to_resume -= 1
                 self.run["resumed"] += 1
                 continue
-            self.pending.append((s.key, stream, stream.position))
             self.run["labelled"] += 1
             yield s
 
-    def _labelled(self, records: Iterator[Structure]) -> Iterator[Structure]:
-        if self.label == "none":
-            return records
-        return label_structures(
-            records,
-            self.label,
-            workers=self.workers,
-            skip_bad=self.skip_bad,
-            counter=self.label_counter,
-            progress=False,
-        )
-
-    def _settle(self, until_key: str | None) -> tuple[_Stream, int] | None:
-        """Pop pending records up to ``until_key`` (None: all); the ones popped before it failed labelling."""
-        failed: list[_Stream] = []
-        found = None
-        while self.pending:
-            key, stream, position = self.pending.popleft()
-            if key == until_key:
-                found = (stream, position)
-                break
-            failed.append(stream)
-        if until_key is not None and found is None:
-            raise RuntimeError(f"the labeller returned {until_key!r}, which it was not given")
-        reasons = self.label_counter - self.label_counted
-        self.label_counted = Counter(self.label_counter)
-        causes = sorted(reasons.elements())
-        for i, stream in enumerate(failed):
-            stream.label_skipped[causes[i] if i < len(causes) else "label failed"] += 1
-        return found
+    def _outcomes(self, records: Iterator[Structure]) -> Iterator[LabelOutcome]:
+        """One outcome per record, in order; with ``label="none"`` every record stands as it is."""
+        if self.options.label == "none":
+            return (LabelOutcome(s, structure=s) for s in records)
+        return label_outcomes(records, self.options.label, workers=self.options.workers, progress=False)
 
     def ingest(self, structures: Iterable[Structure]) -> None:
         self.write(status="running")
         bar = tqdm(
-            desc=f"ingest {self.source}", unit=" structures", disable=not self.progress, file=sys.stderr
+            desc=f"ingest {self.source}",
+            unit=" structures",
+            disable=not self.options.progress,
+            file=sys.stderr,
         )
         try:
-            for s in self._labelled(self._prepared(structures)):
-                stream, position = self._settle(s.key)
-                stream.committed_position = position
-                self._writer(stream).write(s)
-                self.run["written"] += 1
-                bar.update()
-            self._settle(None)
+            with closing(self._outcomes(self._prepared(structures))) as outcomes:
+                for outcome in outcomes:
+                    stream = self._stream(outcome.record.domain, outcome.record.split)
+                    stream.position += 1
+                    if not outcome.ok:
+                        self._skip(stream.label_skipped, outcome.failure.field, outcome.failure)
+                        continue
+                    self._writer(stream).write(outcome.structure)
+                    self.run["written"] += 1
+                    bar.update()
             for stream in self.streams.values():
-                stream.committed_position = stream.position
                 if stream.writer is not None:
                     stream.writer.close()
         except BaseException:
@@ -400,57 +415,30 @@ def _resume_point(out_dir: Path, manifest: Manifest, source: str, record: dict[s
 def ingest_structures(
     structures: Iterable[Structure],
     out_dir: str | Path,
+    options: IngestOptions | None = None,
     *,
-    source: str,
-    domain: str | None = None,
-    label: str = "none",
-    shard_size: int = 1000,
-    skip_bad: bool = False,
-    workers: int | None = None,
-    seed: int = 0,
-    split_fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    rebuild: bool = False,
-    inputs: Any = None,
     skipped: Counter | None = None,
-    progress: bool = True,
+    **fields: Any,
 ) -> dict[str, Any]:
-    """Shard ``structures`` into the corpus ``out_dir`` as ``source``; returns the source's manifest record.
+    """Shard ``structures`` into the corpus ``out_dir`` as one source; returns the source's manifest record.
 
-    domain: overrides every record's domain.   label: a method of :func:`label_structures` or ``"none"``
-    (keep the labels records carry).   inputs: JSON-serialisable description of where the structures come
-    from (files, sizes, reader options); with the options it makes the fingerprint that decides between
-    resuming and rebuilding.   skipped: counter the caller's readers count their skipped records in; it
-    is stored with this source's own skips.
+    ``options``, or its fields as keywords (``source="g2", label="xtb"``; given beside ``options``, they
+    replace its fields).   skipped: counter the caller's readers count their skipped records in; it is
+    stored with this source's own skips.
     """
-    out = Path(out_dir)
-    check_source_name(source)
-    fractions = check_fractions(split_fractions)
-    if domain is not None and domain not in DOMAINS:
-        raise BadInputError(
-            f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}", field="domain"
-        )
-    if shard_size < 1:
-        raise BadInputError(f"shard size must be >= 1, got {shard_size}", field="shard_size")
-    if label != "none" and label not in LABELLERS:
-        raise BadInputError(
-            f"unknown label method {label!r}; expected none or one of {', '.join(LABELLERS)}", field="label"
-        )
-    options = {
-        "domain": domain,
-        "label": label,
-        "shard_size": shard_size,
-        "seed": seed,
-        "split_fractions": list(fractions),
-    }
-    fingerprint = options_fingerprint(options, inputs)
+    options = IngestOptions(**fields) if options is None else replace(options, **fields)
+    out, source = Path(out_dir), options.source
+    fingerprint = options.fingerprint()
     out.mkdir(parents=True, exist_ok=True)
     with corpus_lock(out):
         manifest = read_manifest(out) if manifest_path(out).is_file() else Manifest()
         _remove_strays(out, manifest, source)
         record = manifest.sources.get(source)
-        if record is not None and (rebuild or record.get("fingerprint") != fingerprint):
+        if record is not None and (options.rebuild or record.get("fingerprint") != fingerprint):
             log.warning(
-                "rebuilding source %r (%s)", source, "--rebuild" if rebuild else "inputs or options changed"
+                "rebuilding source %r (%s)",
+                source,
+                "--rebuild" if options.rebuild else "inputs or options changed",
             )
             doomed = manifest.select(source=source)
             del manifest.sources[source]
@@ -466,151 +454,12 @@ def ingest_structures(
                 )
                 return record
         else:
-            record = {"fingerprint": fingerprint, "options": options, "inputs": inputs, "streams": {}}
-        run = _SourceIngest(
-            out,
-            manifest,
-            record,
-            source=source,
-            domain=domain,
-            label=label,
-            shard_size=shard_size,
-            skip_bad=skip_bad,
-            workers=workers,
-            seed=seed,
-            fractions=fractions,
-            skipped=Counter() if skipped is None else skipped,
-            progress=progress,
-        )
+            record = {
+                "fingerprint": fingerprint,
+                "options": options.shard_options(),
+                "inputs": options.inputs,
+                "streams": {},
+            }
+        run = _SourceIngest(out, manifest, record, options, Counter() if skipped is None else skipped)
         run.ingest(structures)
         return record
-
-
-def _has_glob(text: str) -> bool:
-    return any(c in text for c in "*?[")
-
-
-def _is_known_format(path: Path) -> bool:
-    return path.name.lower().endswith(supported_suffixes())
-
-
-def resolve_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files named by INPUT arguments: files as given, folders searched recursively for known formats, globs."""
-    files: list[Path] = []
-    for arg in inputs:
-        if _has_glob(arg):
-            found = [Path(p) for p in sorted(glob.glob(arg, recursive=True))]
-            found = [p for p in found if p.is_file() and _is_known_format(p)]
-            if not found:
-                raise BadInputError("the pattern matches no structure file of a known format", path=arg)
-        elif Path(arg).is_dir():
-            found = [p for p in sorted(Path(arg).rglob("*")) if p.is_file() and _is_known_format(p)]
-            if not found:
-                raise BadInputError("the folder holds no structure file of a known format", path=arg)
-        elif not Path(arg).is_file():
-            raise BadInputError("no such file or folder", path=arg)
-        elif not _is_known_format(Path(arg)):
-            raise BadInputError(
-                f"unknown file format; supported: {', '.join(READERS)} "
-                "(text formats also with .gz, .bz2, .xz)",
-                path=arg,
-                field="suffix",
-            )
-        else:
-            found = [Path(arg)]
-        files.extend(found)
-    unique: dict[Path, Path] = {}
-    for f in files:
-        unique.setdefault(f.resolve(), f)
-    return list(unique.values())
-
-
-def key_prefixes(files: Sequence[Path], source: str) -> dict[Path, str]:
-    """First part of each file's record keys: ``source`` for one file; for several, ``source/`` plus the
-    file's path below their common folder without its format suffix (``mols/set1/water``), so keys stay unique."""
-    if len(files) == 1:
-        return {files[0]: source}
-    resolved = [f.resolve() for f in files]
-    common = Path(os.path.commonpath([r.parent for r in resolved]))
-    prefixes = {}
-    for f, r in zip(files, resolved, strict=True):
-        relative = r.relative_to(common)
-        prefixes[f] = "/".join([source, *relative.parent.parts, split_name(relative)[0]])
-    return prefixes
-
-
-def default_source_name(inputs: Sequence[str]) -> str:
-    """The source name when none is given: the first INPUT's file stem or folder name (a glob: its folder)."""
-    arg = inputs[0]
-    if _has_glob(arg):
-        arg = re.split(r"[*?\[]", arg, maxsplit=1)[0].rstrip("/") or "."
-    path = Path(arg).resolve()
-    name = path.name if path.is_dir() else split_name(path)[0]
-    return check_source_name(re.sub(r"[^A-Za-z0-9_.+-]", "_", name))
-
-
-def _describe_inputs(files: list[Path], options: ReaderOptions) -> dict[str, Any]:
-    reader = {k: v for k, v in asdict(options).items() if k != "skip_bad"}
-    described = []
-    for f in files:
-        stat = f.stat()
-        described.append({"path": str(f.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns})
-    return {"files": described, "reader": reader}
-
-
-def _print_record(source: str, out_dir: str, record: dict[str, Any]) -> None:
-    print(
-        f"source {source}: {record['structures']} structures, {record['atoms']} atoms in "
-        f"{record['shards']} shards → {out_dir}"
-    )
-    for name, count in record["domains"].items():
-        print(f"  {name:<10} {count:>10}")
-    print("  splits: " + ", ".join(f"{k} {v}" for k, v in record["splits"].items()))
-    if record["skipped"]:
-        print(f"  skipped {sum(record['skipped'].values())} records:")
-        for reason, count in record["skipped"].items():
-            print(f"    {count:>8}  {reason}")
-    last = record["runs"][-1]
-    if last["resumed"]:
-        print(f"  last run resumed after {last['resumed']} records already done, and wrote {last['written']}")
-
-
-def main(args: argparse.Namespace) -> int:
-    """The `atomfm data ingest` command."""
-    try:
-        files = resolve_inputs(args.inputs)
-        source = check_source_name(args.source) if args.source else default_source_name(args.inputs)
-        fractions = parse_fractions(args.split_fractions)
-        options = ReaderOptions(
-            protein_models=args.protein_models,
-            altloc=args.altloc,
-            keep_water=args.keep_water,
-            keep_ligands=args.keep_ligands,
-            skip_bad=args.skip_bad,
-        )
-        counter: Counter = Counter()
-        prefixes = key_prefixes(files, source)
-        structures = chain.from_iterable(
-            read_structures(f, domain=args.domain, options=options, source=prefixes[f], counter=counter)
-            for f in files
-        )
-        record = ingest_structures(
-            structures,
-            args.out,
-            source=source,
-            domain=args.domain,
-            label=args.label,
-            shard_size=args.shard_size,
-            skip_bad=args.skip_bad,
-            workers=args.workers,
-            seed=args.seed,
-            split_fractions=fractions,
-            rebuild=args.rebuild,
-            inputs=_describe_inputs(files, options),
-            skipped=counter,
-        )
-    except BadInputError as err:
-        print(f"atomfm data ingest: error: {err}", file=sys.stderr)
-        return 2
-    _print_record(source, args.out, record)
-    return 0

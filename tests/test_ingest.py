@@ -334,3 +334,66 @@ def test_a_second_ingest_into_a_locked_corpus_is_refused(tmp_path):
             ingest_structures(g2_conformers(2, 1), tmp_path, source="g2", progress=False)
     record = ingest_structures(g2_conformers(2, 1), tmp_path, source="g2", progress=False)
     assert record["structures"] == 2
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # EMT divides by the zero distance of a collapsed cell
+def test_auto_labelling_charges_each_failure_to_its_own_stream(tmp_path):
+    """Failures of two domains between the same two successes are counted in their own (domain, split)."""
+    fractions = (0.5, 0.5, 0.0)
+    assert (assign_split("north", 0, fractions), assign_split("south", 0, fractions)) == ("train", "val")
+
+    def g2_molecule(name: str, group: str) -> Structure:
+        atoms = g2[name]
+        return Structure(f"g2/{name}", "molecule", atoms.numbers, atoms.positions, group_id=group)
+
+    def alloy(atoms, key: str, group: str) -> Structure:
+        return Structure(
+            key, "material", atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, group_id=group
+        )
+
+    cells = alloy_cells(5)
+    for collapsed in cells[3:]:
+        collapsed.positions[1] = collapsed.positions[0]  # two atoms on one site: EMT's forces are not finite
+    structures = [
+        g2_molecule("H2O", "north"),
+        g2_molecule("CH3", "north"),  # 9 electrons read as a singlet: xTB refuses the spin
+        alloy(cells[3], "alloy/collapsed-0", "north"),
+        alloy(cells[0], "alloy/0", "north"),
+        g2_molecule("CH4", "south"),
+        alloy(cells[4], "alloy/collapsed-1", "south"),
+        g2_molecule("OH", "south"),  # 9 electrons as well
+        alloy(cells[1], "alloy/1", "south"),
+        g2_molecule("NH3", "south"),
+        alloy(cells[2], "alloy/2", "north"),
+    ]
+    record = ingest_structures(
+        structures,
+        tmp_path,
+        source="mixed",
+        label="auto",
+        workers=0,
+        skip_bad=True,
+        shard_size=10,
+        split_fractions=fractions,
+        progress=False,
+    )
+    assert record["skipped"] == {"labels.emt": 2, "labels.xtb": 2}
+    written = Counter()
+    for info in read_manifest(tmp_path).shards:
+        written[f"{info.domain}-{info.split}"] += info.num_samples
+    assert written == {"molecule-train": 1, "molecule-val": 2, "material-train": 2, "material-val": 1}
+    assert record["streams"] == {
+        "material-train": [{"position": 3, "label_skipped": {"labels.emt": 1}}],
+        "material-val": [{"position": 2, "label_skipped": {"labels.emt": 1}}],
+        "molecule-train": [{"position": 2, "label_skipped": {"labels.xtb": 1}}],
+        "molecule-val": [{"position": 3, "label_skipped": {"labels.xtb": 1}}],
+    }
+    levels = {s.key: s.level_of_theory for _, s in shard_records(tmp_path)}
+    assert levels == {
+        "g2/H2O": "gfn2-xtb",
+        "g2/CH4": "gfn2-xtb",
+        "g2/NH3": "gfn2-xtb",
+        "alloy/0": "emt",
+        "alloy/1": "emt",
+        "alloy/2": "emt",
+    }
