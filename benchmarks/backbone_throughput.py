@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 
 import numpy as np
@@ -20,6 +19,7 @@ import vesin
 from ase.build import bulk
 from timing import seconds_per_call
 
+from data_pipeline.atomic_files import write_text_atomic
 from model.backbone import EquivariantTransformer
 from model.sizes import backbone_config, count_backbone_parameters
 from model.so3 import edge_rotation, wigner_d
@@ -142,10 +142,7 @@ def main() -> None:
         "wigner_d": wigner,
         "sizes": sizes,
     }
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.out)
+    write_text_atomic(args.out, json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")
 
 

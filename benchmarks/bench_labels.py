@@ -9,6 +9,7 @@ MD frames of the two smallest shipped protein chains (amber14), shipped crystals
 
 from __future__ import annotations
 
+from data_pipeline.atomic_files import write_text_atomic
 from data_pipeline.labels.process_pool import limit_threads
 
 limit_threads()  # one thread per process, as the labelling workers run, before any numerical import
@@ -18,7 +19,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from data_pipeline.labels import label_structures  # noqa: E402
 from data_pipeline.labels.registry import labeller_class  # noqa: E402
@@ -88,13 +88,8 @@ def main() -> None:
             f"{r['one_process_atoms_per_s']:>9.0f} {r['parallel_structures_per_s']:>13.1f} "
             f"{r['parallel_seconds_incl_startup']:>6.1f}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(
-        json.dumps({"machine": platform.platform(), "cores": os.cpu_count(), "results": results}, indent=1)
-    )
-    os.replace(tmp, out)
+    summary = {"machine": platform.platform(), "cores": os.cpu_count(), "results": results}
+    out = write_text_atomic(args.out, json.dumps(summary, indent=1))
     print(f"wrote {out}")
 
 

@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import seconds_per_call  # noqa: E402
 
+from data_pipeline.atomic_files import write_text_atomic
 from model.activation_memory import estimate_activation_memory, measure_saved_activations  # noqa: E402
 from model.atomfm import AtomFM, model_config  # noqa: E402
 from model.calculator import atoms_to_batch  # noqa: E402
@@ -415,12 +415,7 @@ def main() -> None:
         "rows": rows,
         "baselines": baseline_status(rows),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, out)
+    out = write_text_atomic(args.out, json.dumps(result, indent=1))
     print(f"baselines: {result['baselines']}\nwrote {out}")
 
 

@@ -29,6 +29,7 @@ from ase.build import bulk, molecule
 from ase.collections import g2
 from ase.data import atomic_numbers, chemical_symbols
 
+from data_pipeline.atomic_files import write_text_atomic
 from data_pipeline.manifest import Manifest, write_manifest
 from data_pipeline.schema import Structure, validate
 from data_pipeline.shards import ShardWriter
@@ -209,11 +210,7 @@ def main() -> None:
         "rows": rows,
         "resume_replay": replay,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=1))
-    os.replace(tmp_out, out)
+    out = write_text_atomic(args.out, json.dumps(result, indent=1))
     print(f"wrote {out}")
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import torch
 
+from data_pipeline.atomic_files import write_text_atomic
 from model.activation import SeparableS2Activation, default_s2_resolution
 from model.so3 import CoefficientLayout, rotate, wigner_d
 
@@ -53,10 +53,7 @@ def main() -> None:
     print(f"{'lmax':>4} {header}")
     for row in rows:
         print(f"{row['lmax']:>4} " + " ".join(f"{e:>11.1e}" for e in row["errors_by_resolution"].values()))
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"rows": rows}, f, indent=2)
-    os.replace(tmp, args.out)
+    write_text_atomic(args.out, json.dumps({"rows": rows}, indent=2))
     print(f"\nwrote {args.out}")
 
 

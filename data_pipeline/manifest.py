@@ -9,12 +9,12 @@ The corpus totals are derived from the shards, never stored twice.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.atomic_files import write_text_atomic
 from data_pipeline.schema import BadInputError
 
 MANIFEST_NAME = "manifest.json"
@@ -51,12 +51,17 @@ class Manifest:
     shards: list[ShardInfo] = field(default_factory=list)
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def select(self, *, domain: str | None = None, split: str | None = None,
-               source: str | None = None) -> list[ShardInfo]:
+    def select(
+        self, *, domain: str | None = None, split: str | None = None, source: str | None = None
+    ) -> list[ShardInfo]:
         """Shards matching every given filter, in manifest order."""
-        return [s for s in self.shards
-                if (domain is None or s.domain == domain) and (split is None or s.split == split)
-                and (source is None or s.source == source)]
+        return [
+            s
+            for s in self.shards
+            if (domain is None or s.domain == domain)
+            and (split is None or s.split == split)
+            and (source is None or s.source == source)
+        ]
 
     def summary(self) -> dict[str, Any]:
         """Corpus totals derived from the shard entries."""
@@ -91,8 +96,13 @@ class Manifest:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "corpus": self.summary(),
-                "sources": self.sources, "shards": [asdict(s) for s in self.shards]}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "corpus": self.summary(),
+            "sources": self.sources,
+            "shards": [asdict(s) for s in self.shards],
+        }
 
 
 def manifest_path(corpus: str | Path) -> Path:
@@ -103,15 +113,17 @@ def read_manifest(corpus: str | Path) -> Manifest:
     """Read ``corpus/manifest.json``; a missing or damaged manifest is a :class:`BadInputError` naming it."""
     path = manifest_path(corpus)
     if not path.is_file():
-        raise BadInputError("no manifest.json: is this a corpus folder written by `atomfm data ingest`?",
-                            path=str(path))
+        raise BadInputError(
+            "no manifest.json: is this a corpus folder written by `atomfm data ingest`?", path=str(path)
+        )
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise BadInputError(f"unreadable manifest ({err})", path=str(path)) from None
     if raw.get("format") != FORMAT:
-        raise BadInputError(f"not an atomfm corpus manifest (format={raw.get('format')!r})",
-                            path=str(path), field="format")
+        raise BadInputError(
+            f"not an atomfm corpus manifest (format={raw.get('format')!r})", path=str(path), field="format"
+        )
     try:
         shards = [ShardInfo.from_dict(d) for d in raw.get("shards", [])]
     except KeyError as err:
@@ -121,11 +133,4 @@ def read_manifest(corpus: str | Path) -> Manifest:
 
 def write_manifest(corpus: str | Path, manifest: Manifest) -> Path:
     """Write the manifest atomically (temporary file, fsync, rename)."""
-    path = manifest_path(corpus)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(manifest.to_dict(), f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(manifest_path(corpus), json.dumps(manifest.to_dict(), indent=1))

@@ -7,7 +7,6 @@ half shard that looks whole. Shard names: ``{source}-{domain}-{split}-{index:06d
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import webdataset as wds
 from ase.data import chemical_symbols
 
+from data_pipeline.atomic_files import publish
 from data_pipeline.manifest import ShardInfo
 from data_pipeline.sample_codec import encode_sample
 from data_pipeline.schema import Structure
@@ -99,8 +99,6 @@ class ShardWriter:
     def _finish(self) -> None:
         assert self._tar is not None and self._tmp is not None
         self._tar.close()
-        with open(self._tmp, "rb+") as f:
-            os.fsync(f.fileno())
         final = self._tmp.with_name(self._tmp.name[: -len(TMP_SUFFIX)])
         info = ShardInfo(
             path=final.name,
@@ -116,7 +114,7 @@ class ShardWriter:
             bytes=self._tmp.stat().st_size,
             sha256=sha256_of(self._tmp),
         )
-        os.replace(self._tmp, final)
+        publish(self._tmp, final)
         self._tar, self._tmp = None, None
         self._reset_stats()
         self.index += 1

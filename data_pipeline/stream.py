@@ -12,7 +12,6 @@ Resuming replays each reader's plan (no shard is read for that) and continues wi
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import logging
 import os
@@ -25,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch_geometric.data import Batch, Data
 
+from data_pipeline.config_mapping import from_mapping
 from data_pipeline.graph import structure_to_graph
 from data_pipeline.mixing import domain_probabilities
 from data_pipeline.packing import pack_by_atoms
@@ -46,13 +46,24 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = "atomfm-stream-state"
 STATE_VERSION = 1
 LOGGED_KEYS = 100
+# Stream settings that enter the resume fingerprint through what they decide rather than as themselves.
+SETUP_DERIVED = {
+    "corpus": "shards",  # the shards' names, sample counts and sha256
+    "domain_weights": "probabilities",
+    "temperature": "probabilities",
+    "num_workers": "readers",
+}
 
 
 @dataclass
 class StreamConfig:
     """Stream settings; ``from_dict`` (e.g. a YAML section) rejects unknown keys by name."""
 
-    corpus: list[str]  # corpus folders, each with a manifest.json
+    corpus: list[str] | str = field(  # corpus folders, each with a manifest.json (one folder: a string)
+        metadata={
+            "missing": "no corpus given: set it to one or more corpus folders (each with a manifest.json)"
+        }
+    )
     split: str = "train"
     domain_weights: dict[str, float] | None = None  # per-structure mix; None: temperature over corpus sizes
     temperature: float = 1.0  # p_d ∝ n_d^(1/T)
@@ -98,18 +109,7 @@ class StreamConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str | None = None) -> StreamConfig:
         """Settings from a mapping; ``source`` (the config file) is named in every error."""
-        known = [f.name for f in fields(cls)]
-        for key in d:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"known options: {', '.join(known)}"
-                raise BadInputError(f"unknown stream option {key!r}; {hint}", path=source, field=str(key))
-        if "corpus" not in d:
-            raise BadInputError("missing: the corpus folder(s) to stream", path=source, field="corpus")
-        try:
-            return cls(**d)
-        except BadInputError as err:
-            raise BadInputError(err.reason, path=source, field=err.field) from None
+        return from_mapping(cls, d, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -295,27 +295,20 @@ class StructureStream:
         self._next_reader = 0
 
     def _setup(self) -> dict[str, Any]:
-        """Everything the batch sequence depends on; resuming exactly needs all of it unchanged."""
+        """Everything the batch sequence depends on; resuming exactly needs all of it unchanged.
+
+        Every ``StreamConfig`` field is in it, as itself or through what it decides (:data:`SETUP_DERIVED`),
+        so a new setting can never escape the resume check.
+        """
         shards = hashlib.sha256(
             "\n".join(f"{e.name} {e.num_samples} {e.sha256}" for e in self.table).encode()
         ).hexdigest()
-        c = self.cfg
-        return {
-            "shards": shards,
-            "split": c.split,
-            "probabilities": self.probabilities,
-            "seed": c.seed,
-            "repeat": c.repeat,
-            "max_atoms": c.max_atoms,
-            "max_edges": c.max_edges,
-            "max_structures": c.max_structures,
-            "cutoff": c.cutoff,
-            "shuffle_buffer": c.shuffle_buffer,
-            "skip_oversize": c.skip_oversize,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "readers": self.num_readers,
-        }
+        setup: dict[str, Any] = {"shards": shards, "probabilities": self.probabilities}
+        setup.update(
+            (f.name, getattr(self.cfg, f.name)) for f in fields(self.cfg) if f.name not in SETUP_DERIVED
+        )
+        setup.update(rank=self.rank, world_size=self.world_size, readers=self.num_readers)
+        return setup
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's position (after the last delivered batch) and counts; plain JSON-able values."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,9 @@ import torch
 from ase.data import atomic_masses
 from torch import Tensor, nn
 
+from data_pipeline.batch import AtomBatch
+from data_pipeline.config_mapping import from_mapping
+from data_pipeline.schema import BadInputError
 from data_pipeline.vocab import LEVELS_OF_THEORY
 from model.backbone import BackboneConfig, EquivariantTransformer
 from model.heads import HEADS, Head, HeadInput
@@ -59,7 +62,9 @@ class ModelConfig:
     long_range_method: ``ewald`` | ``pme`` (periodic structures; non-periodic ones use the direct sum) or
     ``direct`` (non-periodic data only); long_range_smearing: Gaussian charge width σ, Å;
     long_range_damping: radius (Å, ≤ backbone cutoff) inside which electrostatics is smoothly switched off.
-    conservative_forces: default meaning of the ``forces`` output (−∂E/∂x, else the direct head).
+    conservative_forces: what the ``forces`` output is: −∂E/∂x (True) or the direct head (False). Training
+    sets it to what the forces were trained as (``model.conservative_forces`` in a run config), so the
+    checkpoint says which forces it can serve.
     reference_energies: initial ``{level of theory: {element: eV}}``; fitted tables replace it in the weights.
     main_level_of_theory: what the ASE calculator predicts unless told otherwise.
     """
@@ -81,28 +86,39 @@ class ModelConfig:
         self.heads = list(self.heads)
         for name in self.heads:
             if name not in HEADS:
-                raise ValueError(f"unknown head {name!r}; registered heads: {', '.join(HEADS)}")
+                raise BadInputError(
+                    f"unknown head {name!r}; registered heads: {', '.join(HEADS)}", field="heads"
+                )
         if len(set(self.heads)) != len(self.heads):
-            raise ValueError(f"heads listed twice in {self.heads}")
+            raise BadInputError(f"heads listed twice in {self.heads}", field="heads")
         for name in self.head_options:
             if name not in self.heads:
-                raise ValueError(f"head_options for {name!r}, which is not among the heads {self.heads}")
+                raise BadInputError(
+                    f"head_options for {name!r}, which is not among the heads {self.heads}",
+                    field="head_options",
+                )
         if self.long_range and "charges" not in self.heads:
-            raise ValueError("long_range needs the 'charges' head; add it to heads or set long_range: false")
+            raise BadInputError(
+                "long_range needs the 'charges' head; add it to heads or set long_range: false",
+                field="long_range",
+            )
         if self.long_range_method not in LONG_RANGE_METHODS:
-            raise ValueError(
+            raise BadInputError(
                 f"unknown long_range_method {self.long_range_method!r}; "
-                f"expected one of {', '.join(LONG_RANGE_METHODS)}"
+                f"expected one of {', '.join(LONG_RANGE_METHODS)}",
+                field="long_range_method",
             )
         if not 0.0 <= self.long_range_damping <= self.backbone.cutoff:
-            raise ValueError(
+            raise BadInputError(
                 f"long_range_damping {self.long_range_damping} Å must lie in [0, backbone cutoff "
-                f"{self.backbone.cutoff} Å]: damped pairs come from the model's edges"
+                f"{self.backbone.cutoff} Å]: damped pairs come from the model's edges",
+                field="long_range_damping",
             )
         if self.main_level_of_theory.lower() not in LEVELS_OF_THEORY:
-            raise ValueError(
+            raise BadInputError(
                 f"unknown main_level_of_theory {self.main_level_of_theory!r}; "
-                f"expected one of {', '.join(LEVELS_OF_THEORY)}"
+                f"expected one of {', '.join(LEVELS_OF_THEORY)}",
+                field="main_level_of_theory",
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,19 +127,9 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Build from a dict (YAML/JSON); an unknown key raises ValueError naming it."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown model config key(s) {', '.join(map(repr, unknown))}; "
-                f"expected some of {', '.join(sorted(known))}"
-            )
-        values = copy.deepcopy(dict(values))
-        if "backbone" in values:
-            values["backbone"] = BackboneConfig.from_dict(values["backbone"])
-        return cls(**values)
+    def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None) -> ModelConfig:
+        """From a mapping (YAML/JSON); an unknown key or a wrong type is a ``BadInputError`` naming it."""
+        return from_mapping(cls, copy.deepcopy(dict(values)), source=source)
 
 
 def model_config(name: str, **overrides: Any) -> ModelConfig:
@@ -132,7 +138,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     own = {f.name for f in dataclasses.fields(ModelConfig)} - {"backbone"}
     model_overrides = {k: v for k, v in overrides.items() if k in own}
     backbone = backbone_config(name, **{k: v for k, v in overrides.items() if k not in own})
-    return ModelConfig(backbone=backbone, **model_overrides)
+    return from_mapping(ModelConfig, {"backbone": backbone, **copy.deepcopy(model_overrides)})
 
 
 class AtomFM(nn.Module):
@@ -187,7 +193,7 @@ class AtomFM(nn.Module):
         return out + [o for head in self.heads.values() for o in head.outputs if o not in out]
 
     def forward(
-        self, batch: Any, outputs: Iterable[str] = ("energy",), conservative: bool | None = None
+        self, batch: AtomBatch, outputs: Iterable[str] = ("energy",), conservative: bool | None = None
     ) -> dict[str, Tensor]:
         """Requested ``outputs`` for a batch of the batch contract; ``conservative`` (default: the config's)
         chooses what ``forces`` means. Gradients are taken even under ``torch.no_grad`` when forces or
@@ -228,7 +234,12 @@ class AtomFM(nn.Module):
         return [h for h, head in self.heads.items() if name in head.outputs]
 
     def _forward(
-        self, batch: Any, outputs: tuple[str, ...], heads: list[str], grad_wrt_pos: bool, want_stress: bool
+        self,
+        batch: AtomBatch,
+        outputs: tuple[str, ...],
+        heads: list[str],
+        grad_wrt_pos: bool,
+        want_stress: bool,
     ) -> dict[str, Tensor]:
         dtype, num_graphs = self.dtype, int(batch.natoms.shape[0])
         with torch.autocast(device_type=batch.pos.device.type, enabled=False):
@@ -289,7 +300,7 @@ class AtomFM(nn.Module):
         companions = ("residue_index",) if "residue" in outputs else ()
         return {name: results[name] for name in outputs + companions}
 
-    def _edges(self, batch: Any, pos: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+    def _edges(self, batch: AtomBatch, pos: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
         """Edge vectors r_j − r_i + S·cell [E, 3] by explicit differences (the backbone drops those beyond its
         cutoff)."""
         src, dst = batch.edge_index
@@ -299,7 +310,7 @@ class AtomFM(nn.Module):
     def _energy(
         self,
         results: dict[str, Tensor],
-        batch: Any,
+        batch: AtomBatch,
         pos: Tensor,
         cell: Tensor,
         edge_index: Tensor,
@@ -322,7 +333,7 @@ class AtomFM(nn.Module):
             )
         return energy
 
-    def _dipole(self, charges: Tensor, pos: Tensor, batch: Any) -> Tensor:
+    def _dipole(self, charges: Tensor, pos: Tensor, batch: AtomBatch) -> Tensor:
         """Σ q_i (r_i − centre of mass) per structure [B, 3], e·Å; 0 for periodic structures."""
         num_graphs = int(batch.natoms.shape[0])
         mass = self.atomic_masses.to(pos.dtype)[batch.z]

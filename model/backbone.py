@@ -6,12 +6,15 @@ translations, and tells a molecule from its mirror image.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from data_pipeline.config_mapping import from_mapping
 from data_pipeline.schema import DOMAINS, BadInputError
 from data_pipeline.vocab import LEVELS_OF_THEORY
 from model.activation import ACTIVATIONS, make_activation
@@ -88,21 +91,17 @@ class BackboneConfig:
             checks.append((name, getattr(self, name) > 0, "must be positive"))
         for name, ok, requirement in checks:
             if not ok:
-                raise ValueError(f"BackboneConfig.{name}={getattr(self, name)!r} {requirement}")
+                raise BadInputError(
+                    f"BackboneConfig.{name}={getattr(self, name)!r} {requirement}", field=name
+                )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> BackboneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown backbone config key(s) {', '.join(map(repr, unknown))}; "
-                f"known keys: {', '.join(sorted(known))}"
-            )
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any], *, source: str | None = None) -> BackboneConfig:
+        """From a mapping; an unknown key or a wrong type is a ``BadInputError`` naming it (and ``source``)."""
+        return from_mapping(cls, d, source=source)
 
 
 class EquivariantFeedForward(nn.Module):

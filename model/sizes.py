@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from data_pipeline.schema import BadInputError
 from model.backbone import BackboneConfig, EquivariantTransformer
 
 # Name -> BackboneConfig keyword arguments. Parameter counts (count_backbone_parameters) in the comments.
@@ -32,9 +33,11 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def backbone_config(name: str, **overrides: Any) -> BackboneConfig:
-    """The named size, with any BackboneConfig field overridden (an unknown field is a ValueError naming it)."""
+    """The named size, with any BackboneConfig field overridden (an unknown field is a BadInputError naming it)."""
     if name not in SIZES:
-        raise ValueError(f"unknown backbone size {name!r}; expected one of {', '.join(SIZES)}")
+        raise BadInputError(
+            f"unknown backbone size {name!r}; expected one of {', '.join(SIZES)}", field="size"
+        )
     return BackboneConfig.from_dict({**SIZES[name], **overrides})
 
 

@@ -50,7 +50,7 @@ def test_dotted_overrides_parse_values_as_yaml():
     assert cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.deepspeed.zero_stage == 3 and cfg.run.max_steps == 17
     assert cfg.tasks["denoise"]["sigma_max"] == pytest.approx(0.2)
-    assert cfg.data["corpus"] == ["a", "b"] and cfg.logging.wandb is False
+    assert cfg.data.corpus == ["a", "b"] and cfg.logging.wandb is False
 
 
 def test_misspelled_key_in_file_names_key_file_and_suggestion(tmp_path):

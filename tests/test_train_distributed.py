@@ -227,7 +227,7 @@ def test_two_rank_gradients_equal_one_process_on_the_global_batch(zero2_run):
     seed_everything(cfg.run.seed)
     model = build_model(cfg).train()
     model.reference_energies.set_table(
-        fit_reference_energies_on_corpus(cfg.data["corpus"], "train", 13).table
+        fit_reference_energies_on_corpus(cfg.data.corpus, "train", 13).table
     )
     stream_cfg = StreamConfig.from_dict(cfg.data)
     halves = [next(iter(StructureStream(stream_cfg, rank, 2))) for rank in range(2)]

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from data_pipeline.atomic_files import write_text_atomic
+from data_pipeline.config_mapping import ConfigOrigin, from_mapping
 from data_pipeline.schema import BadInputError
-from train.atomic_files import write_text_atomic
+from data_pipeline.stream import StreamConfig
+from model.atomfm import ModelConfig
+from model.backbone import BackboneConfig
+from train.tasks import ENERGY_DERIVATIVE_TASKS, build_tasks
 
 ENGINES = ("deepspeed", "ddp")
 PRECISIONS = ("fp32", "bf16")
@@ -41,14 +43,23 @@ class RunConfig:
     progress_bar: bool = True
 
 
+# Model fields the training config sets directly (``model.conservative_forces``), not through ``overrides``;
+# their defaults are the model's own.
+TRAINING_SWITCHES = ("conservative_forces", "activation_checkpointing")
+
+
 @dataclass
 class ModelSection:
-    """Which model: a named size plus overrides of its ``ModelConfig`` fields."""
+    """Which model: a named size plus overrides of its ``ModelConfig`` / ``BackboneConfig`` fields.
+
+    conservative_forces: train forces (and stress) as −∂E/∂x, a double backward, instead of the direct head;
+    the checkpoint's model config records it, so its calculator knows which forces it may serve.
+    """
 
     size: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
-    conservative_forces: bool = False  # forces (and stress) as −∂E/∂x: a double backward in training
-    activation_checkpointing: bool = False
+    conservative_forces: bool = ModelConfig.conservative_forces
+    activation_checkpointing: bool = BackboneConfig.activation_checkpointing
     fit_reference_energies: bool = True  # per-element reference energies per level of theory, from the corpus
 
 
@@ -99,12 +110,14 @@ class DebugConfig:
     dump_gradients_at_step: int | None = None  # write the reduced gradients of this step to the run folder
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
-    """The whole run. ``data`` holds ``StreamConfig`` fields; ``tasks`` maps task names to their settings."""
+    """The whole run. ``data`` is the stream's settings; ``tasks`` maps task names to their settings."""
 
     run: RunConfig = field(default_factory=RunConfig)
-    data: dict[str, Any] = field(default_factory=dict)
+    data: StreamConfig = field(
+        metadata={"missing": "no data section: set data.corpus to one or more corpus folders"}
+    )
     model: ModelSection = field(default_factory=ModelSection)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -126,27 +139,8 @@ class TrainConfig:
         """The ``model.atomfm.ModelConfig`` of this run: the named size, overrides and training switches."""
         from model.atomfm import model_config
 
-        overrides = dict(self.model.overrides)
-        overrides.setdefault("activation_checkpointing", self.model.activation_checkpointing)
-        overrides.setdefault("conservative_forces", self.model.conservative_forces)
-        return model_config(self.model.size, **overrides)
-
-
-class ConfigOrigin:
-    """Says where a dotted key came from: the YAML file or a command-line override."""
-
-    def __init__(self, path: str | None, overridden: set[str] | None = None) -> None:
-        self.path = path
-        self.overridden = overridden or set()
-
-    def describe(self, key: str) -> str:
-        for k in self.overridden:
-            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
-                return "command-line override"
-        return str(self.path) if self.path else "config"
-
-    def error(self, key: str, message: str) -> BadInputError:
-        return BadInputError(message, path=self.describe(key), field=key)
+        switches = {name: getattr(self.model, name) for name in TRAINING_SWITCHES}
+        return model_config(self.model.size, **self.model.overrides, **switches)
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
@@ -164,10 +158,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
             raise BadInputError("top level must be a mapping of sections", path=str(p))
         raw = loaded or {}
     origin = ConfigOrigin(None if path is None else str(path))
-    build_section(TrainConfig, raw, "", origin)
     raw = apply_overrides(raw, overrides)
     origin.overridden = {o.split("=", 1)[0].strip() for o in overrides}
-    cfg = build_section(TrainConfig, raw, "", origin)
+    cfg = from_mapping(TrainConfig, raw, origin=origin)
     check_config(cfg, origin)
     return cfg
 
@@ -175,7 +168,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
     """Validate an already-parsed config (e.g. the resolved config saved in a checkpoint)."""
     origin = ConfigOrigin(source)
-    cfg = build_section(TrainConfig, copy.deepcopy(raw), "", origin)
+    cfg = from_mapping(TrainConfig, copy.deepcopy(raw), origin=origin)
     check_config(cfg, origin)
     return cfg
 
@@ -204,74 +197,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             node = child
         node[parts[-1]] = yaml.safe_load(value) if value else None
     return out
-
-
-def build_section(cls: type, raw: Any, prefix: str, origin: ConfigOrigin) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys (with a suggestion) and wrong types."""
-    where = prefix or "top level"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise origin.error(prefix, f"section {where} must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            dotted = f"{prefix}.{key}" if prefix else str(key)
-            raise origin.error(dotted, f"unknown key '{dotted}'{did_you_mean(str(key), names)}")
-    values = {}
-    for name in names:
-        if name in raw:
-            dotted = f"{prefix}.{name}" if prefix else name
-            values[name] = coerce(hints[name], raw[name], dotted, origin)
-    return cls(**values)
-
-
-def coerce(tp: Any, value: Any, key: str, origin: ConfigOrigin) -> Any:
-    """Check ``value`` against the annotation ``tp``; accept ints for floats and YAML's '3e-4' strings."""
-    if dataclasses.is_dataclass(tp):
-        return build_section(tp, value, key, origin)
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return coerce(inner, value, key, origin)
-    if tp is Any:
-        return value
-    base = typing.get_origin(tp) or tp
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-    elif base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif base is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif base is str:
-        if isinstance(value, str):
-            return value
-    elif base is list:
-        if isinstance(value, (list, tuple)):
-            return (
-                [coerce(args[0], v, f"{key}[{i}]", origin) for i, v in enumerate(value)]
-                if args
-                else list(value)
-            )
-    elif base is dict:
-        if isinstance(value, dict):
-            return (
-                {str(k): coerce(args[1], v, f"{key}.{k}", origin) for k, v in value.items()}
-                if args
-                else value
-            )
-    raise origin.error(key, f"expected {type_name(tp)}, got {value!r}")
 
 
 def check_config(cfg: TrainConfig, origin: ConfigOrigin) -> None:
@@ -307,15 +232,10 @@ def check_config(cfg: TrainConfig, origin: ConfigOrigin) -> None:
         raise origin.error("optim.min_lr_ratio", f"must be in [0, 1], got {cfg.optim.min_lr_ratio}")
     if cfg.optim.warmup_steps < 0 or cfg.optim.grad_clip < 0:
         raise origin.error("optim", "warmup_steps and grad_clip must not be negative")
-    if not cfg.data.get("corpus"):
-        raise origin.error("data.corpus", "no corpus given: set data.corpus to one or more corpus folders")
     if not cfg.tasks:
         raise origin.error(
             "tasks", "no task enabled: add at least one task (e.g. denoise, forces) under tasks"
         )
-    from train.tasks import ENERGY_DERIVATIVE_TASKS, build_tasks
-
-    check_data_settings(cfg.data, origin)
     check_model_settings(cfg, origin)
     enabled = [task.name for task in build_tasks(cfg.tasks, origin)]
     if not enabled:
@@ -338,35 +258,21 @@ def check_config(cfg: TrainConfig, origin: ConfigOrigin) -> None:
                 )
 
 
-def check_data_settings(data: dict[str, Any], origin: ConfigOrigin) -> None:
-    """The ``data`` section must be a valid ``StreamConfig`` (its keys are checked by name first)."""
-    from data_pipeline.stream import StreamConfig
-
-    names = [f.name for f in dataclasses.fields(StreamConfig)]
-    for key in data:
-        if key not in names:
-            raise origin.error(f"data.{key}", f"unknown key 'data.{key}'{did_you_mean(str(key), names)}")
-    try:
-        StreamConfig.from_dict(data)
-    except BadInputError as err:
-        raise origin.error(f"data.{err.field}", err.reason) from None
-
-
 def check_model_settings(cfg: TrainConfig, origin: ConfigOrigin) -> None:
     """The named size must exist and every override must be a model or backbone field."""
+    for name in TRAINING_SWITCHES:
+        if name in cfg.model.overrides:
+            raise origin.error(f"model.overrides.{name}", f"set model.{name}, not model.overrides.{name}")
     try:
         cfg.model_config()
-    except (TypeError, ValueError) as err:
-        raise origin.error("model.overrides" if cfg.model.overrides else "model.size", str(err)) from None
-
-
-def did_you_mean(key: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(key, candidates, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(candidates)}"
-
-
-def type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    except BadInputError as err:
+        field_name = err.field or ""
+        key = (
+            f"model.{field_name}"
+            if field_name in ("size", *TRAINING_SWITCHES)
+            else f"model.overrides.{field_name}"
+        )
+        raise origin.error(key, err.reason) from None
 
 
 def save_resolved_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:

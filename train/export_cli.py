@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, ema: bool = False) -> Path:
     """Write the export of ``checkpoint`` into ``out``; returns ``out``."""
     from model.checkpoint_io import load_model, save_export
-    from train.checkpoint import load_ema_weights, resolve_checkpoint
+    from model.checkpoint_layout import resolve_checkpoint
+    from train.checkpoint import load_ema_weights
 
     folder = resolve_checkpoint(checkpoint)
     model = load_model(folder)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from train.atomic_files import write_text_atomic
+from data_pipeline.atomic_files import write_text_atomic
 from train.config import TrainConfig
 
 METRICS_FILE = "metrics.jsonl"

@@ -6,21 +6,15 @@ least squares of ``model.reference_energies``. Damaged samples are skipped and c
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import webdataset as wds
 
+from data_pipeline.corpus_reader import read_split
 from data_pipeline.manifest import read_manifest
-from data_pipeline.sample_codec import decode_sample
-from data_pipeline.schema import BadInputError
-from data_pipeline.stream_plan import load_shard_table
 from model.reference_energies import fit_reference_energies_from_arrays
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,34 +26,19 @@ class ReferenceFit:
 
 def fit_reference_energies_on_corpus(corpus: list[str], split: str, num_levels: int) -> ReferenceFit:
     """Least-squares reference energies over every labelled structure of ``split`` in the corpus folders."""
-    urls = [entry.url for entry in load_shard_table(corpus, split)]
-    dataset = wds.WebDataset(
-        urls,
-        shardshuffle=False,
-        handler=wds.warn_and_continue,
-        empty_check=False,
-        nodesplitter=lambda shards: shards,
-        workersplitter=lambda shards: shards,
-    )
     numbers: list[np.ndarray] = []
     energies: list[float] = []
     levels: list[str] = []
-    skipped = 0
-    for sample in dataset:
-        try:
-            s = decode_sample(sample)
-        except BadInputError as err:
-            log.warning("reference-energy fit skips a sample: %s", err)
-            skipped += 1
-            continue
+    skipped: Counter = Counter()
+    for s in read_split(corpus, split, skipped=skipped):
         if s.energy is not None:
             numbers.append(np.asarray(s.atomic_numbers, dtype=np.int64))
             energies.append(float(s.energy))
             levels.append(s.level_of_theory)
     if not energies:
-        return ReferenceFit(torch.zeros(num_levels, 119, dtype=torch.float64), 0, skipped)
+        return ReferenceFit(torch.zeros(num_levels, 119, dtype=torch.float64), 0, skipped["decode"])
     table = fit_reference_energies_from_arrays(numbers, energies, levels, num_levels=num_levels)
-    return ReferenceFit(table, len(energies), skipped)
+    return ReferenceFit(table, len(energies), skipped["decode"])
 
 
 def main_level_of_theory(corpus: list[str], split: str) -> str:

@@ -21,18 +21,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipeline.atomic_files import torch_save_atomic
+from data_pipeline.batch import AtomBatch
 from data_pipeline.schema import BadInputError
-from data_pipeline.stream import StreamConfig, StructureStream
+from data_pipeline.stream import StructureStream
 from model.atomfm import AtomFM
-from train.atomic_files import torch_save_atomic
-from train.checkpoint import CheckpointManager, list_checkpoints, resolve_checkpoint
+from model.checkpoint_layout import RUN_CONFIG, list_checkpoints, resolve_checkpoint
+from train.checkpoint import CheckpointManager
 from train.config import ConfigOrigin, TrainConfig, save_resolved_config
-from train.ema import ParameterEMA
 from train.engine import TrainEngine, build_engine
 from train.engine.distributed import DistContext
 from train.logging import RunLogger, peak_memory_gib
 from train.loss_balance import BalancedLoss, balance_losses
-from train.reference_fit import fit_reference_energies_on_corpus, main_level_of_theory
+from train.run_setup import build_ema, build_model, build_stream, fit_reference_energies
 from train.tasks import CorruptionState, Task, build_tasks
 
 GRADIENTS_FILE = "gradients_step_{step}.pt"
@@ -68,19 +69,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: TrainConfig) -> AtomFM:
-    """The model the config names (same initial weights on every rank: the caller seeds first).
-
-    Unless the config names the model's ``main_level_of_theory``, it is the corpus's most common one, so a
-    checkpoint's calculator answers as, say, GFN2-xTB rather than at the unlabelled level.
-    """
-    model_cfg = cfg.model_config()
-    if model_cfg.main_level_of_theory == "none":
-        data = StreamConfig.from_dict(cfg.data)
-        model_cfg.main_level_of_theory = main_level_of_theory(data.corpus, data.split)
-    return AtomFM(model_cfg)
-
-
 def endless(stream: StructureStream) -> Iterator[Any]:
     """Batches of ``stream``, starting its next epoch whenever one ends (``repeat: false`` corpora)."""
     while True:
@@ -101,7 +89,7 @@ def requested_outputs(tasks: list[Task]) -> tuple[str, ...]:
 
 def micro_batch_loss(
     forward: Callable[..., dict[str, torch.Tensor]],
-    batch: Any,
+    batch: AtomBatch,
     tasks: list[Task],
     ctx: DistContext,
     *,
@@ -155,9 +143,9 @@ class Trainer:
         model = build_model(cfg)
         if resume_from is None and cfg.model.fit_reference_energies:
             self._fit_reference_energies(model)
-        self.stream = StructureStream(StreamConfig.from_dict(cfg.data), ctx.rank, ctx.world_size)
+        self.stream = build_stream(cfg.data, ctx)
         self.engine: TrainEngine = build_engine(model, cfg, ctx)
-        self.ema = ParameterEMA(self.engine.module, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        self.ema = build_ema(self.engine.module, cfg.optim.ema_decay)
         self.checkpoints = CheckpointManager(cfg.run_dir, cfg.run.keep_last, ctx)
         seed_everything(cfg.run.seed + 7919 * (ctx.rank + 1))
         if resume_from is not None:
@@ -167,7 +155,7 @@ class Trainer:
             self.state = TrainerState(**{k: saved[k] for k in asdict(self.state)})
             self._last_saved = resume_from
         if ctx.is_main:
-            save_resolved_config(cfg, cfg.run_dir / "config.yaml")
+            save_resolved_config(cfg, cfg.run_dir / RUN_CONFIG)
             (cfg.run_dir / STOP_FILE).unlink(
                 missing_ok=True
             )  # a stale one, from a run killed before it stopped
@@ -196,14 +184,7 @@ class Trainer:
         return resolve_checkpoint(choice)
 
     def _fit_reference_energies(self, model: AtomFM) -> None:
-        """Rank 0 fits the table over the training split; every rank receives it."""
-        num_levels = model.config.backbone.num_levels
-        fit = None
-        if self.ctx.is_main:
-            data = StreamConfig.from_dict(self.cfg.data)
-            fit = fit_reference_energies_on_corpus(data.corpus, data.split, num_levels)
-        fit = self.ctx.broadcast_object(fit)
-        model.reference_energies.set_table(fit.table)
+        fit = fit_reference_energies(model, self.cfg.data, self.ctx, keep_known_levels=False)
         if self.ctx.is_main:
             print(
                 f"reference energies fitted on {fit.structures} labelled structures"

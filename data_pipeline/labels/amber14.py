@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import xml.etree.ElementTree as ElementTree
 from collections import OrderedDict
 from typing import Any
@@ -12,7 +13,11 @@ import numpy as np
 from ase.units import kJ, mol
 
 from data_pipeline.labels.base import Labeller, LabellingError
-from data_pipeline.labels.protein_topology import protein_from_openmm, protein_pdb_text
+from data_pipeline.labels.protein_topology import (
+    protein_from_openmm,
+    protein_pdb_text,
+    single_threaded_openmm,
+)
 from data_pipeline.schema import Structure
 
 KJ_PER_MOL = kJ / mol  # eV
@@ -36,6 +41,7 @@ class Amber14Labeller(Labeller):
         import openmm
         from openmm import app
 
+        single_threaded_openmm()
         self._openmm, self._app = openmm, app
         self.forcefield = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
         self.ph = ph
@@ -86,6 +92,9 @@ class Amber14Labeller(Labeller):
         fixer.findMissingResidues()
         fixer.missingResidues = {}
         fixer.findMissingAtoms()
+        random.seed(
+            pdb_text
+        )  # OpenMM's Modeller places added atoms randomly: the same input, the same labels
         fixer.addMissingAtoms()
         fixer.addMissingHydrogens(self.ph, forcefield=self.forcefield)
         return fixer.topology, fixer.positions

@@ -22,6 +22,14 @@ RESIDUE_FIELDS: tuple[str, ...] = ("chain_id", "residue_index", "insertion_code"
 PEPTIDE_BOND_MAX = 2.0  # Å: a longer C(i)–N(i+1) distance is a chain break (missing residues)
 
 
+def single_threaded_openmm() -> None:
+    """One thread for OpenMM's CPU platform in this process, as for every labeller: its multithreaded force
+    sums differ in the last bits from run to run, and one process per core is faster here anyway."""
+    import openmm
+
+    openmm.Platform.getPlatformByName("CPU").setPropertyDefaultValue("Threads", "1")
+
+
 def residue_starts(s: Structure) -> np.ndarray:
     """Index of the first atom of each residue: where chain, residue number or insertion code changes."""
     missing = [name for name in PROTEIN_ATOM_FIELDS if name not in s.per_atom]

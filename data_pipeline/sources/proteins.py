@@ -14,6 +14,7 @@ import gzip
 import importlib.util
 import io
 import logging
+import random
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,7 +24,12 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.labels.process_pool import default_workers, ordered_process_map
-from data_pipeline.labels.protein_topology import PEPTIDE_BOND_MAX, angstrom_array, openmm_atom_fields
+from data_pipeline.labels.protein_topology import (
+    PEPTIDE_BOND_MAX,
+    angstrom_array,
+    openmm_atom_fields,
+    single_threaded_openmm,
+)
 from data_pipeline.schema import BadInputError, Structure
 
 log = logging.getLogger(__name__)
@@ -190,11 +196,13 @@ def _simulate(
     import openmm
     from openmm import app, unit
 
+    single_threaded_openmm()
     fixer = open_chain(chain.path, chain.chain)
     length = longest_unbroken_segment(fixer)
     if not min_residues <= length <= max_residues:
         return []
     strip_hydrogens(fixer)
+    random.seed(f"{chain.protein_id}{chain.chain}/{seed}")  # OpenMM's Modeller places added atoms randomly
     fixer.findMissingResidues()
     fixer.missingResidues = {}
     fixer.findMissingAtoms()

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from data_pipeline.batch import AtomBatch
+
 
 class TrainEngine(Protocol):
     """One optimiser step is ``grad_accum_steps`` calls of forward → backward → step.
@@ -18,7 +20,9 @@ class TrainEngine(Protocol):
 
     module: nn.Module
 
-    def forward(self, batch: Any, outputs: tuple[str, ...], conservative: bool) -> dict[str, Tensor]: ...
+    def forward(
+        self, batch: AtomBatch, outputs: tuple[str, ...], conservative: bool
+    ) -> dict[str, Tensor]: ...
 
     def backward(self, loss: Tensor) -> None: ...
 

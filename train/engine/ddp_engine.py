@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from train.atomic_files import torch_save_atomic
+from data_pipeline.atomic_files import torch_save_atomic
+from data_pipeline.batch import AtomBatch
+from model.checkpoint_layout import CheckpointFolder
 from train.config import TrainConfig
 from train.engine.base import global_grad_norm, parameter_groups
 from train.engine.distributed import DistContext
 from train.schedule import WarmupCosine
-
-DDP_FILE = "ddp.pt"
 
 
 class DDPEngine:
@@ -48,7 +47,7 @@ class DDPEngine:
         self.autocast = cfg.precision == "bf16"
         self.micro = 0
 
-    def forward(self, batch: Any, outputs: tuple[str, ...], conservative: bool) -> dict[str, Tensor]:
+    def forward(self, batch: AtomBatch, outputs: tuple[str, ...], conservative: bool) -> dict[str, Tensor]:
         # Gradients are all-reduced in the backward of a forward run outside no_sync: the window's last one.
         sync = contextlib.nullcontext() if self.is_boundary else self.wrapped.no_sync()
         with sync, torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -94,11 +93,11 @@ class DDPEngine:
                     "scheduler": self.scheduler.state_dict(),
                     "micro": self.micro,
                 },
-                directory / DDP_FILE,
+                CheckpointFolder(directory).ddp,
             )
 
     def load(self, directory: Path) -> None:
-        saved = torch.load(directory / DDP_FILE, map_location=self.ctx.device, weights_only=False)
+        saved = torch.load(CheckpointFolder(directory).ddp, map_location=self.ctx.device, weights_only=False)
         self.module.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])

@@ -15,13 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from data_pipeline.batch import AtomBatch
+from model.checkpoint_layout import DEEPSPEED_TAG, CheckpointFolder
 from train.config import TrainConfig
 from train.engine.base import global_grad_norm, parameter_groups
 from train.engine.distributed import DistContext
 from train.schedule import WarmupCosine
-
-DS_SUBDIR = "ds"
-DS_TAG = "state"
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -85,7 +84,7 @@ class DeepSpeedEngine:
         )
         self.module = self.engine.module
 
-    def forward(self, batch: Any, outputs: tuple[str, ...], conservative: bool) -> dict[str, Tensor]:
+    def forward(self, batch: AtomBatch, outputs: tuple[str, ...], conservative: bool) -> dict[str, Tensor]:
         return self.engine(batch, outputs=outputs, conservative=conservative)
 
     def backward(self, loss: Tensor) -> None:
@@ -120,11 +119,12 @@ class DeepSpeedEngine:
         return out
 
     def save(self, directory: Path) -> None:
-        self.engine.save_checkpoint(str(directory / DS_SUBDIR), tag=DS_TAG)
+        self.engine.save_checkpoint(str(CheckpointFolder(directory).deepspeed), tag=DEEPSPEED_TAG)
 
     def load(self, directory: Path) -> None:
+        ds_dir = CheckpointFolder(directory).deepspeed
         path, _ = self.engine.load_checkpoint(
-            str(directory / DS_SUBDIR), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            str(ds_dir), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if path is None:
-            raise FileNotFoundError(f"no DeepSpeed state in {directory / DS_SUBDIR}")
+            raise FileNotFoundError(f"no DeepSpeed state in {ds_dir}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from data_pipeline.config_mapping import ConfigOrigin, did_you_mean, from_mapping
 from train.tasks.base import LossTerms, Task, TaskSettings
 from train.tasks.contrast import ConformerContrast
 from train.tasks.corruption import CorruptionState
@@ -36,20 +37,19 @@ TASKS: dict[str, type[Task]] = {
 ENERGY_DERIVATIVE_TASKS = ("stress",)
 
 
-def task_settings(name: str, raw: dict[str, Any] | None, origin: Any) -> TaskSettings:
-    """Validated settings of task ``name``; ``origin`` (a ``train.config.ConfigOrigin``) names the source."""
-    from train.config import build_section, did_you_mean
-
+def task_settings(name: str, raw: dict[str, Any] | None, origin: ConfigOrigin) -> TaskSettings:
+    """Validated settings of task ``name``; ``origin`` names where they came from."""
     if name not in TASKS:
         raise origin.error(f"tasks.{name}", f"unknown task '{name}'{did_you_mean(name, list(TASKS))}")
-    settings = build_section(TASKS[name].Settings, raw or {}, f"tasks.{name}", origin)
+    settings = from_mapping(TASKS[name].Settings, raw or {}, prefix=f"tasks.{name}", origin=origin)
     for field_name, problem in settings.problems().items():
         raise origin.error(f"tasks.{name}.{field_name}", problem)
     return settings
 
 
-def build_tasks(raw: dict[str, dict[str, Any]], origin: Any) -> list[Task]:
+def build_tasks(raw: dict[str, dict[str, Any]], origin: ConfigOrigin | None = None) -> list[Task]:
     """The enabled tasks (weight > 0) in registry order (corrupting tasks first); unknown names raise."""
+    origin = origin or ConfigOrigin()
     settings = {name: task_settings(name, values, origin) for name, values in raw.items()}
     return [TASKS[name](settings[name]) for name in TASKS if name in settings and settings[name].weight > 0]
 

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from data_pipeline.batch import AtomBatch
 from train.tasks.corruption import CorruptionState
 
 
@@ -47,10 +48,10 @@ class Task:
     def weight(self) -> float:
         return self.settings.weight
 
-    def corrupt(self, batch: Any, state: CorruptionState) -> None:
+    def corrupt(self, batch: AtomBatch, state: CorruptionState) -> None:
         """Alter the batch in place before the forward pass (noise, masks) and record it in ``state``."""
 
-    def loss_terms(self, batch: Any, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
+    def loss_terms(self, batch: AtomBatch, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data_pipeline.batch import AtomBatch
 from train.tasks.base import LossTerms, Task, TaskSettings
 from train.tasks.corruption import CorruptionState
 
@@ -49,7 +50,7 @@ class ConformerContrast(Task):
         self.queue = torch.zeros(0, 0)
         self.queue_groups = torch.zeros(0, dtype=torch.int64)
 
-    def loss_terms(self, batch: Any, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
+    def loss_terms(self, batch: AtomBatch, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
         keep = state.clean
         emb = F.normalize(out["embedding"][keep].float(), dim=-1)
         groups = batch.group_hash[keep]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from data_pipeline.batch import AtomBatch
 
 
 def structure_rng(seed: int, step: int, micro: int, task: str, key: str) -> np.random.Generator:
@@ -42,7 +43,7 @@ class CorruptionState:
     claimed: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
-    def for_batch(cls, batch: Any, *, seed: int, step: int, micro: int) -> CorruptionState:
+    def for_batch(cls, batch: AtomBatch, *, seed: int, step: int, micro: int) -> CorruptionState:
         n = batch.z.shape[0]
         return cls(
             seed=seed,
@@ -77,7 +78,7 @@ class CorruptionState:
 
 
 def jostle_positions(
-    batch: Any,
+    batch: AtomBatch,
     state: CorruptionState,
     task: str,
     candidates: Tensor,

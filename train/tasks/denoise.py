@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
+from data_pipeline.batch import AtomBatch
 from train.tasks.base import LossTerms, Task, TaskSettings
 from train.tasks.corruption import CorruptionState, jostle_positions
 
@@ -44,16 +44,16 @@ class CoordinateDenoising(Task):
     Settings = DenoiseSettings
     outputs = ("noise",)
 
-    def corrupt(self, batch: Any, state: CorruptionState) -> None:
+    def corrupt(self, batch: AtomBatch, state: CorruptionState) -> None:
         s = self.settings
         jostle_positions(batch, state, self.name, ~state.noised, s.fraction, s.sigma_min, s.sigma_max)
 
-    def loss_terms(self, batch: Any, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
+    def loss_terms(self, batch: AtomBatch, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
         return noise_prediction_terms(batch, out, state, state.claimed[self.name])
 
 
 def noise_prediction_terms(
-    batch: Any, out: dict[str, Tensor], state: CorruptionState, structures: Tensor
+    batch: AtomBatch, out: dict[str, Tensor], state: CorruptionState, structures: Tensor
 ) -> LossTerms:
     """Per-atom MSE between the ``noise`` output and ε over the atoms of ``structures`` [B] bool."""
     atoms = structures[batch.batch]

@@ -8,10 +8,10 @@ which makes the noise it must predict well defined again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
+from data_pipeline.batch import AtomBatch
 from train.tasks.base import LossTerms, Task
 from train.tasks.corruption import CorruptionState, jostle_positions
 from train.tasks.denoise import NoiseSettings, noise_prediction_terms
@@ -30,11 +30,11 @@ class DeNS(Task):
     Settings = DeNSSettings
     outputs = ("noise",)
 
-    def corrupt(self, batch: Any, state: CorruptionState) -> None:
+    def corrupt(self, batch: AtomBatch, state: CorruptionState) -> None:
         s = self.settings
         candidates = batch.has_forces.bool() & ~state.noised
         chosen = jostle_positions(batch, state, self.name, candidates, s.fraction, s.sigma_min, s.sigma_max)
         batch.dens_forces = batch.forces * chosen[batch.batch, None].to(batch.forces.dtype)
 
-    def loss_terms(self, batch: Any, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
+    def loss_terms(self, batch: AtomBatch, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
         return noise_prediction_terms(batch, out, state, state.claimed[self.name])

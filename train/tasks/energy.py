@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
+from data_pipeline.batch import AtomBatch
 from train.tasks.base import LossTerms, Task
 from train.tasks.corruption import CorruptionState
 from train.tasks.errors import RegressionSettings, pointwise_error
@@ -25,7 +25,7 @@ class EnergyRegression(Task):
     Settings = EnergySettings
     outputs = ("energy",)
 
-    def loss_terms(self, batch: Any, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
+    def loss_terms(self, batch: AtomBatch, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
         keep = batch.has_energy.bool() & state.clean
         natoms = batch.natoms[keep].to(out["energy"].dtype)
         pred = out["energy"][keep] / natoms

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
+from data_pipeline.batch import AtomBatch
 from train.tasks.base import LossTerms, Task
 from train.tasks.corruption import CorruptionState
 from train.tasks.errors import RegressionSettings, pointwise_error
@@ -26,7 +26,7 @@ class ForceRegression(Task):
     Settings = ForcesSettings
     outputs = ("forces",)
 
-    def loss_terms(self, batch: Any, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
+    def loss_terms(self, batch: AtomBatch, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
         keep = (batch.has_forces.bool() & state.clean)[batch.batch]
         pred = out["forces"][keep]
         s = self.settings

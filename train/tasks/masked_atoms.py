@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data_pipeline.batch import AtomBatch
 from train.tasks.base import LossTerms, Task, TaskSettings
 from train.tasks.corruption import CorruptionState
 
@@ -37,7 +37,7 @@ class MaskedAtomTypes(Task):
     Settings = MaskedAtomsSettings
     outputs = ("atom_logits",)
 
-    def corrupt(self, batch: Any, state: CorruptionState) -> None:
+    def corrupt(self, batch: AtomBatch, state: CorruptionState) -> None:
         s = self.settings
         chosen = torch.zeros(state.num_graphs, dtype=torch.bool)
         natoms = batch.natoms.cpu().tolist()
@@ -56,7 +56,7 @@ class MaskedAtomTypes(Task):
             batch.z = batch.z.masked_fill(state.masked_atoms, 0)
         state.claimed[self.name] = chosen.to(batch.z.device)
 
-    def loss_terms(self, batch: Any, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
+    def loss_terms(self, batch: AtomBatch, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
         atoms = state.masked_atoms
         logits = out["atom_logits"][atoms].float()
         error = F.cross_entropy(logits, state.true_z[atoms], reduction="none")

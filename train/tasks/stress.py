@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
+from data_pipeline.batch import AtomBatch
 from train.tasks.base import LossTerms, Task
 from train.tasks.corruption import CorruptionState
 from train.tasks.errors import RegressionSettings, pointwise_error
@@ -24,7 +24,7 @@ class StressRegression(Task):
     Settings = StressSettings
     outputs = ("stress",)
 
-    def loss_terms(self, batch: Any, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
+    def loss_terms(self, batch: AtomBatch, out: dict[str, Tensor], state: CorruptionState) -> LossTerms:
         periodic = batch.pbc.reshape(-1, 3).any(dim=1)
         keep = batch.has_stress.bool() & periodic & state.clean
         pred = out["stress"][keep]
