@@ -7,12 +7,19 @@
 One checkpoint answers as any level of theory it was trained on (default: the model's main one). The
 total charge and spin multiplicity come from the constructor, else from ``atoms.info["charge"]`` /
 ``atoms.info["spin"]``, else 0 and 1. The domain is ``atoms.info["domain"]`` when given, else ``material``
-for periodic structures and ``molecule`` otherwise. Forces are conservative (−∂E/∂x), as MD needs.
+for periodic structures and ``molecule`` otherwise.
+
+Forces are what the checkpoint was trained on (its ``model_config.json`` says ``conservative_forces``):
+−∂E/∂x for a conservatively trained model, as MD needs. A checkpoint trained on direct forces only gets a
+warning and still serves −∂E/∂x (which its training never shaped), unless ``forces="direct"`` asks for its
+direct head: then ``conserves_energy`` is False, and tools that need energy conservation (NVE MD, the
+``md_drift`` evaluation) refuse it.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -27,6 +34,12 @@ from data_pipeline.schema import DOMAINS, Structure, validate
 from data_pipeline.vocab import LEVELS_OF_THEORY
 from model.atomfm import AtomFM, model_config
 from model.checkpoint_io import load_model
+
+FORCE_MODES = ("auto", "conservative", "direct")
+
+
+class UntrainedForcesWarning(UserWarning):
+    """The calculator serves forces the checkpoint was not trained to give."""
 
 
 class AtomFMCalculator(Calculator):
@@ -43,9 +56,12 @@ class AtomFMCalculator(Calculator):
         spin: int | None = None,
         domain: str | None = None,
         device: str | torch.device | None = None,
+        forces: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if forces not in FORCE_MODES:
+            raise ValueError(f"forces must be one of {', '.join(FORCE_MODES)}, got {forces!r}")
         level = (level_of_theory or model.config.main_level_of_theory).lower()
         if level not in LEVELS_OF_THEORY:
             raise ValueError(
@@ -55,9 +71,27 @@ class AtomFMCalculator(Calculator):
             raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
         if "energy" not in model.heads:
             raise ValueError("the model has no energy head; an ASE calculator needs energies and forces")
+        if forces == "direct" and "forces_direct" not in model.heads:
+            raise ValueError(
+                "forces='direct' needs the model's direct force head (forces_direct); it has none"
+            )
         self.model = model.to(device) if device is not None else model
         self.model.eval()
         self.level_of_theory, self.charge, self.spin, self.domain = level, charge, spin, domain
+        self.conservative = forces != "direct"
+        if forces == "auto" and not model.config.conservative_forces:
+            warnings.warn(
+                "this checkpoint was trained on direct forces only (conservative_forces: false): its −∂E/∂x "
+                "forces were never trained and may be far off. Fine-tune it with conservative forces, or pass "
+                "forces='direct' to serve its direct force head (not energy-conserving: no NVE MD)",
+                UntrainedForcesWarning,
+                stacklevel=2,
+            )
+
+    @property
+    def conserves_energy(self) -> bool:
+        """Whether the forces are −∂E/∂x of the energy served (False for the direct head)."""
+        return self.conservative
 
     @classmethod
     def from_config(
@@ -102,7 +136,7 @@ class AtomFMCalculator(Calculator):
         outputs = ["energy", "forces"] + (["stress"] if periodic else [])
         if "charges" in self.model.heads:
             outputs += ["charges"] + ([] if periodic else ["dipole"])
-        out = self.model(batch, outputs=outputs, conservative=True)
+        out = self.model(batch, outputs=outputs, conservative=self.conservative)
         energy = float(out["energy"][0].detach())
         self.results = {"energy": energy, "free_energy": energy, "forces": _numpy(out["forces"])}
         if periodic:

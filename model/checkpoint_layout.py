@@ -18,6 +18,7 @@ complete by construction: it gets that name (from ``.tmp-step_*``) only once eve
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ DEEPSPEED_TAG = "state"
 DEEPSPEED_MODEL_STATES = "mp_rank_00_model_states.pt"  # ZeRO-0/1/2 module weights (DeepSpeed's name)
 DEEPSPEED_OPTIMIZER_GLOB = "*_optim_states.pt"  # ZeRO partitions of the fp32 master weights
 RANK_FILE_GLOB = "rank_*.pt"
+BEST_FILE = "best.json"  # in <run>/checkpoints/: which checkpoint scored best in validation
 
 
 def rank_file(rank: int) -> str:
@@ -106,6 +108,23 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)]
     return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX) :]))
+
+
+def best_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint validation chose (``<run>/checkpoints/best.json``)."""
+    pointer = checkpoints_root(run_dir) / BEST_FILE
+    if not pointer.is_file():
+        raise BadInputError(
+            f"no {BEST_FILE}: the run has not validated (validation.every: 0?)", path=str(run_dir)
+        )
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise BadInputError(f"unreadable ({err})", path=str(pointer)) from None
+    found = checkpoints_root(run_dir) / name
+    if not found.is_dir():
+        raise BadInputError(f"names {name}, which is missing", path=str(pointer))
+    return found
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

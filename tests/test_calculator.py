@@ -202,3 +202,30 @@ def test_deepspeed_checkpoints_of_every_zero_stage_load(tmp_path):
                 torch.testing.assert_close(loaded[name], engine[name], rtol=0, atol=0, msg=name)
         if bf16:
             assert any(not torch.equal(loaded[k], loaded[k].bfloat16().float()) for k in trained)
+
+
+def test_a_direct_force_checkpoint_makes_the_calculator_warn_and_a_conservative_one_does_not(tmp_path):
+    import warnings
+
+    from model.calculator import UntrainedForcesWarning
+
+    save_export(small_model(seed=1, conservative_forces=False), tmp_path / "direct")
+    save_export(small_model(seed=1, conservative_forces=True), tmp_path / "conservative")
+    with pytest.warns(UntrainedForcesWarning, match="direct forces only"):
+        served = AtomFMCalculator.from_checkpoint(tmp_path / "direct")
+    assert served.conserves_energy  # it still serves −∂E/∂x, having said so
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedForcesWarning)
+        assert AtomFMCalculator.from_checkpoint(tmp_path / "conservative").conserves_energy
+
+
+def test_the_direct_head_is_served_only_when_asked_and_is_flagged(tmp_path):
+    model = small_model(seed=2, conservative_forces=False)
+    save_export(model, tmp_path / "direct")
+    atoms = water()
+    atoms.calc = AtomFMCalculator.from_checkpoint(tmp_path / "direct", forces="direct", level_of_theory="gfn2-xtb")
+    assert not atoms.calc.conserves_energy
+    expected = model(batch_of(atoms), ("forces",), conservative=False)["forces"].detach().numpy()
+    np.testing.assert_allclose(atoms.get_forces(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="forces must be one of"):
+        AtomFMCalculator.from_checkpoint(tmp_path / "direct", forces="both")

@@ -56,6 +56,7 @@ class CheckpointManager:
     def __init__(self, run_dir: Path, keep_last: int, ctx: DistContext) -> None:
         self.root = checkpoints_root(run_dir)
         self.keep_last = keep_last
+        self.keep: set[str] = set()  # checkpoint names kept beside the last K (the best one)
         self.ctx = ctx
 
     def save(
@@ -102,7 +103,8 @@ class CheckpointManager:
             os.replace(tmp, final)
             fsync_dir(self.root)
             for old in list_checkpoints(self.root.parent)[: -self.keep_last]:
-                shutil.rmtree(old)
+                if old.name not in self.keep:
+                    shutil.rmtree(old)
         self.ctx.barrier()
         return final
 

@@ -17,13 +17,14 @@ import yaml
 
 from data_pipeline.atomic_files import write_text_atomic
 from data_pipeline.config_mapping import ConfigOrigin, from_mapping
-from data_pipeline.schema import BadInputError
+from data_pipeline.schema import DOMAINS, BadInputError
 from data_pipeline.stream import StreamConfig
 from model.atomfm import ModelConfig
 from model.backbone import BackboneConfig
 from train.tasks import ENERGY_DERIVATIVE_TASKS, build_tasks
 
 ENGINES = ("deepspeed", "ddp")
+VALIDATION_METRICS = ("energy_mae", "force_mae", "stress_mae")  # meV/atom, meV/Å, meV/Å³
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -49,11 +50,45 @@ TRAINING_SWITCHES = ("conservative_forces", "activation_checkpointing")
 
 
 @dataclass
+class ValidationConfig:
+    """every: steps between validations (0: never). metric: the key of the best checkpoint, e.g.
+    ``val/all/force_mae`` or ``val/molecule/energy_mae`` (lower is better). patience: validations without
+    improvement before the run stops (0: never stop early). max_structures: score a fixed subset."""
+
+    every: int = 0
+    split: str = "val"
+    metric: str = "val/all/force_mae"
+    patience: int = 0
+    max_structures: int | None = None
+    max_atoms: int = 2048
+
+    def problems(self) -> dict[str, str]:
+        out = {}
+        if self.every < 0:
+            out["every"] = f"must be 0 (off) or a number of steps, got {self.every}"
+        if self.patience < 0:
+            out["patience"] = f"must not be negative, got {self.patience}"
+        parts = self.metric.split("/")
+        if (
+            len(parts) != 3
+            or parts[0] != "val"
+            or parts[2] not in VALIDATION_METRICS
+            or parts[1] not in ("all", *DOMAINS)
+        ):
+            out["metric"] = (
+                f"expected val/<all|{'|'.join(DOMAINS)}>/<{'|'.join(VALIDATION_METRICS)}>, got {self.metric!r}"
+            )
+        return out
+
+
+@dataclass
 class ModelSection:
     """Which model: a named size plus overrides of its ``ModelConfig`` / ``BackboneConfig`` fields.
 
     conservative_forces: train forces (and stress) as −∂E/∂x, a double backward, instead of the direct head;
     the checkpoint's model config records it, so its calculator knows which forces it may serve.
+    init_from: a fresh run (not a resume) starts from these weights; the reference energies of every level
+    they know are kept, and only new levels are fitted.
     """
 
     size: str = "tiny"
@@ -61,6 +96,9 @@ class ModelSection:
     conservative_forces: bool = ModelConfig.conservative_forces
     activation_checkpointing: bool = BackboneConfig.activation_checkpointing
     fit_reference_energies: bool = True  # per-element reference energies per level of theory, from the corpus
+    init_from: str | None = (
+        None  # start from these weights (export, checkpoint or run folder); no optimiser state
+    )
 
 
 @dataclass
@@ -118,6 +156,7 @@ class TrainConfig:
     data: StreamConfig = field(
         metadata={"missing": "no data section: set data.corpus to one or more corpus folders"}
     )
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     model: ModelSection = field(default_factory=ModelSection)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -201,6 +240,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
 
 def check_config(cfg: TrainConfig, origin: ConfigOrigin) -> None:
     """Cross-field checks that a type alone cannot express."""
+    for name, problem in cfg.validation.problems().items():
+        raise origin.error(f"validation.{name}", problem)
     if cfg.engine not in ENGINES:
         raise origin.error("engine", f"unknown engine {cfg.engine!r}; expected one of {', '.join(ENGINES)}")
     if cfg.precision not in PRECISIONS:

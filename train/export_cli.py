@@ -22,16 +22,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="checkpoint folder, or a run folder (its latest checkpoint)")
     p.add_argument("--out", required=True, help="export folder (model.safetensors + model_config.json)")
     p.add_argument("--ema", action="store_true", help="export the EMA weights")
+    p.add_argument("--best", action="store_true", help="export the run's best checkpoint by validation")
     p.set_defaults(func=main)
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, *, ema: bool = False) -> Path:
-    """Write the export of ``checkpoint`` into ``out``; returns ``out``."""
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, *, ema: bool = False, best: bool = False
+) -> Path:
+    """Write the export of ``checkpoint`` (with ``best``: the run's best by validation) into ``out``."""
     from model.checkpoint_io import load_model, save_export
-    from model.checkpoint_layout import resolve_checkpoint
+    from model.checkpoint_layout import best_checkpoint, resolve_checkpoint
     from train.checkpoint import load_ema_weights
 
-    folder = resolve_checkpoint(checkpoint)
+    folder = best_checkpoint(checkpoint) if best else resolve_checkpoint(checkpoint)
     model = load_model(folder)
     if ema:
         state = model.state_dict()
@@ -44,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     from data_pipeline.schema import BadInputError
 
     try:
-        out = export_checkpoint(args.checkpoint, args.out, ema=args.ema)
+        out = export_checkpoint(args.checkpoint, args.out, ema=args.ema, best=args.best)
     except BadInputError as err:
         print(f"atomfm export: {err}", file=sys.stderr)
         return 2

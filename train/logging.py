@@ -88,6 +88,30 @@ class RunLogger:
                 flush=True,
             )
 
+    def validation(
+        self, step: int, metrics: dict[str, float], metric: str, best: float | None, best_step: int | None
+    ) -> None:
+        """A validation record (``val/<domain>/<metric>`` in meV units) and one line per domain."""
+        if not self.active:
+            return
+        record = {"step": step, **metrics, "val/best": best, "val/best_step": best_step}
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+        domains = sorted({key.split("/")[1] for key in metrics})
+        units = {"energy_mae": "E", "force_mae": "F", "stress_mae": "S"}
+        parts = []
+        for domain in domains:
+            shown = [
+                f"{units[k.split('/')[2]]} {v:.1f}" for k, v in metrics.items() if k.split("/")[1] == domain
+            ]
+            parts.append(f"{domain}: {' '.join(shown)}")
+        best_text = "" if best is None else f" | best {metric} {best:.1f} at step {best_step}"
+        self.message(f"val step {step} (meV/atom, meV/Å, meV/Å³) " + "; ".join(parts) + best_text)
+        if self.bar is not None and metric in metrics:
+            self.bar.set_postfix(val=f"{metrics[metric]:.1f}", refresh=False)
+
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(steps)

@@ -1,17 +1,20 @@
-"""The pieces of a run, each buildable on its own: the model (from its config, or with a checkpoint's
-weights), its reference-energy fit, the stream, the EMA. The trainer, fine-tuning and evaluation call them.
+"""The pieces of a run, each buildable on its own: the model (from its config, and a checkpoint's weights
+to start from), its reference-energy fit, the stream, the EMA. The trainer and fine-tuning call them.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from data_pipeline.schema import BadInputError
 from data_pipeline.stream import StreamConfig, StructureStream
 from model.atomfm import AtomFM, ModelConfig
 from model.checkpoint_io import load_model
+from model.checkpoint_layout import CheckpointFolder, resolve_checkpoint
 from train.config import TrainConfig
 from train.ema import ParameterEMA
 from train.engine.distributed import DistContext
@@ -32,9 +35,43 @@ def build_model(cfg: TrainConfig) -> AtomFM:
     return AtomFM(resolved_model_config(cfg))
 
 
-def load_pretrained(path: str | os.PathLike) -> AtomFM:
-    """The model of an export or a training checkpoint (ZeRO 0–3 or DDP), its weights in fp32, in train mode."""
-    return load_model(path, dtype=torch.float32).train()
+def load_initial_weights(model: AtomFM, path: str | os.PathLike) -> list[str]:
+    """Copy the weights of an export, a checkpoint or a run folder (its latest checkpoint) into ``model``:
+    no optimiser, no step counter. Parameters the checkpoint lacks (new heads) keep their initialisation and
+    are returned; a parameter of another shape (another size, lmax, vocabulary) is an error naming both."""
+    folder = Path(path)
+    if folder.is_dir() and not CheckpointFolder(folder).model_config.is_file():
+        folder = resolve_checkpoint(folder)
+    source = load_model(folder, dtype=torch.float32)
+    theirs, ours = source.state_dict(), model.state_dict()
+    for name, tensor in theirs.items():
+        if name in ours and ours[name].shape != tensor.shape:
+            raise BadInputError(
+                f"the checkpoint's {name} has shape {tuple(tensor.shape)}, this run's model "
+                f"{tuple(ours[name].shape)}: the configs differ ({_config_difference(source, model)}); "
+                "start from a checkpoint of the same size, lmax and channels",
+                path=str(folder),
+                field="model.init_from",
+            )
+    if source.config.backbone.cutoff != model.config.backbone.cutoff:
+        raise BadInputError(
+            f"the checkpoint was trained with cutoff {source.config.backbone.cutoff} Å, this run's model has "
+            f"{model.config.backbone.cutoff} Å; set the same model.overrides.cutoff",
+            path=str(folder),
+            field="model.init_from",
+        )
+    fresh = sorted(set(ours) - set(theirs))
+    with torch.no_grad():
+        for name, tensor in theirs.items():
+            if name in ours:
+                ours[name].copy_(tensor)
+    return fresh
+
+
+def _config_difference(a: AtomFM, b: AtomFM) -> str:
+    x, y = a.config.backbone.to_dict(), b.config.backbone.to_dict()
+    changed = [f"{k} {x[k]} vs {y[k]}" for k in x if x[k] != y.get(k) and k != "activation_checkpointing"]
+    return ", ".join(changed) or "same backbone"
 
 
 def known_levels(model: AtomFM) -> torch.Tensor:

@@ -21,20 +21,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_pipeline.atomic_files import torch_save_atomic
+from data_pipeline.atomic_files import torch_save_atomic, write_text_atomic
 from data_pipeline.batch import AtomBatch
 from data_pipeline.schema import BadInputError
 from data_pipeline.stream import StructureStream
 from model.atomfm import AtomFM
-from model.checkpoint_layout import RUN_CONFIG, list_checkpoints, resolve_checkpoint
+from model.checkpoint_layout import (
+    BEST_FILE,
+    RUN_CONFIG,
+    checkpoint_name,
+    checkpoints_root,
+    list_checkpoints,
+    resolve_checkpoint,
+)
 from train.checkpoint import CheckpointManager
 from train.config import ConfigOrigin, TrainConfig, save_resolved_config
 from train.engine import TrainEngine, build_engine
 from train.engine.distributed import DistContext
 from train.logging import RunLogger, peak_memory_gib
 from train.loss_balance import BalancedLoss, balance_losses
-from train.run_setup import build_ema, build_model, build_stream, fit_reference_energies
+from train.run_setup import build_ema, build_model, build_stream, fit_reference_energies, load_initial_weights
 from train.tasks import CorruptionState, Task, build_tasks
+from train.validation import Validator
 
 GRADIENTS_FILE = "gradients_step_{step}.pt"
 STOP_FILE = "STOP"  # created by a user or a job script: checkpoint at the next step and stop
@@ -54,13 +62,16 @@ class TrainerState:
     nonfinite_in_row: int = 0
     atoms_seen: int = 0  # all ranks
     structures_seen: int = 0  # all ranks
+    best_value: float | None = None  # the validation metric's best value so far (validation.metric)
+    best_step: int | None = None
+    validations_since_best: int = 0
 
 
 @dataclass
 class TrainResult:
     state: TrainerState
     checkpoint: Path | None
-    stopped_by: str  # "max_steps" | "signal" (a signal or the STOP file) | "nonfinite"
+    stopped_by: str  # "max_steps" | "signal" (a signal or the STOP file) | "nonfinite" | "early_stop"
 
 
 def seed_everything(seed: int) -> None:
@@ -141,19 +152,24 @@ class Trainer:
 
         seed_everything(cfg.run.seed)
         model = build_model(cfg)
+        if resume_from is None and cfg.model.init_from:
+            load_initial_weights(model, cfg.model.init_from)
         if resume_from is None and cfg.model.fit_reference_energies:
             self._fit_reference_energies(model)
         self.stream = build_stream(cfg.data, ctx)
         self.engine: TrainEngine = build_engine(model, cfg, ctx)
         self.ema = build_ema(self.engine.module, cfg.optim.ema_decay)
         self.checkpoints = CheckpointManager(cfg.run_dir, cfg.run.keep_last, ctx)
+        self.validator = Validator(cfg.validation, cfg.data, ctx) if cfg.validation.every else None
         seed_everything(cfg.run.seed + 7919 * (ctx.rank + 1))
         if resume_from is not None:
             saved = self.checkpoints.load(
                 resume_from, engine=self.engine, ema=self.ema, stream=self.stream, tasks=self.tasks
             )
-            self.state = TrainerState(**{k: saved[k] for k in asdict(self.state)})
+            self.state = TrainerState(**{k: saved[k] for k in asdict(self.state) if k in saved})
             self._last_saved = resume_from
+        if self.state.best_step is not None:
+            self.checkpoints.keep.add(checkpoint_name(self.state.best_step))
         if ctx.is_main:
             save_resolved_config(cfg, cfg.run_dir / RUN_CONFIG)
             (cfg.run_dir / STOP_FILE).unlink(
@@ -184,7 +200,8 @@ class Trainer:
         return resolve_checkpoint(choice)
 
     def _fit_reference_energies(self, model: AtomFM) -> None:
-        fit = fit_reference_energies(model, self.cfg.data, self.ctx, keep_known_levels=False)
+        pretrained = bool(self.cfg.model.init_from)
+        fit = fit_reference_energies(model, self.cfg.data, self.ctx, keep_known_levels=pretrained)
         if self.ctx.is_main:
             print(
                 f"reference energies fitted on {fit.structures} labelled structures"
@@ -251,8 +268,28 @@ class Trainer:
                 self._log(window)
                 window = MetricWindow()
             stopping = bool(loss.extra[2] > 0)
-            if st.step % cfg.run.checkpoint_every == 0 or st.step == cfg.run.max_steps or stopping:
+            improved = early_stop = False
+            if self.validator is not None and (
+                st.step % cfg.validation.every == 0 or st.step == cfg.run.max_steps
+            ):
+                improved, early_stop = self._validate()
+            if (
+                st.step % cfg.run.checkpoint_every == 0
+                or st.step == cfg.run.max_steps
+                or stopping
+                or improved
+                or early_stop
+            ):
                 last_checkpoint = self._save()
+            if improved and ctx.is_main:
+                self._point_to_best(last_checkpoint)
+            if early_stop:
+                stopped_by = "early_stop"
+                self.logger.message(
+                    f"early stop: {cfg.validation.metric} has not improved in {cfg.validation.patience} "
+                    f"validations (best {st.best_value:.4g} at step {st.best_step}); saved {last_checkpoint}"
+                )
+                break
             if stopping:
                 stopped_by = "signal"
                 if ctx.is_main:
@@ -267,6 +304,31 @@ class Trainer:
                 "optim.lr, check the corpus labels (atomfm data inspect), or raise the limit"
             )
         return TrainResult(state=st, checkpoint=last_checkpoint, stopped_by=stopped_by)
+
+    def _validate(self) -> tuple[bool, bool]:
+        """Score the val split, log it, track the best; returns (new best, stop early)."""
+        st, vcfg = self.state, self.cfg.validation
+        forces = "conservative" if self.cfg.model.conservative_forces else "direct"
+        metrics = self.validator.score(self.engine.module, forces)
+        value = metrics.get(vcfg.metric)
+        improved = value is not None and (st.best_value is None or value < st.best_value)
+        if improved:
+            st.best_value, st.best_step, st.validations_since_best = value, st.step, 0
+            self.checkpoints.keep = {checkpoint_name(st.step)}
+        else:
+            st.validations_since_best += 1
+        self.logger.validation(st.step, metrics, vcfg.metric, st.best_value, st.best_step)
+        return improved, bool(vcfg.patience) and st.validations_since_best >= vcfg.patience
+
+    def _point_to_best(self, checkpoint: Path) -> None:
+        st = self.state
+        record = {
+            "checkpoint": checkpoint.name,
+            "step": st.best_step,
+            "metric": self.cfg.validation.metric,
+            "value": st.best_value,
+        }
+        write_text_atomic(checkpoints_root(self.cfg.run_dir) / BEST_FILE, json.dumps(record, indent=1))
 
     def _skip_nonfinite(self, loss: BalancedLoss) -> bool:
         """Count a dropped micro-batch; True when the run must stop (a checkpoint is saved first)."""

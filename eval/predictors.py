@@ -1,0 +1,280 @@
+"""What is evaluated: an atomfm checkpoint, any ASE calculator, or the per-element reference baseline.
+
+Every predictor gives batched predictions (``predict``) for the accuracy tasks and an ASE calculator
+(``calculator``) for the physics tasks (relaxation, equation of state, MD), and says who it is (``identity``:
+name, kind, path, sha256 of the weights, config, what its forces are).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from data_pipeline.schema import BadInputError, Structure
+from data_pipeline.shards import sha256_of
+from data_pipeline.vocab import LEVELS_OF_THEORY
+from model.checkpoint_io import load_model
+from model.checkpoint_layout import CheckpointFolder, resolve_checkpoint
+from model.predict import Prediction, force_kind, predict_structures
+from model.reference_energies import fit_reference_energies_from_arrays
+
+
+def structure_to_atoms(s: Structure) -> Atoms:
+    """An ASE ``Atoms`` of a structure, carrying its charge, spin and domain in ``info``."""
+    atoms = Atoms(
+        numbers=np.asarray(s.atomic_numbers, dtype=int),
+        positions=np.asarray(s.positions, dtype=np.float64),
+        cell=None if s.cell is None else np.asarray(s.cell, dtype=np.float64),
+        pbc=np.asarray(s.pbc, dtype=bool),
+    )
+    atoms.info.update(charge=int(s.charge), spin=int(s.spin), domain=s.domain, key=s.key)
+    return atoms
+
+
+class CheckpointPredictor:
+    """An atomfm export or training checkpoint. ``forces``: None (what it was trained on), or ``conservative``
+    / ``direct`` to override; each structure is predicted at its own level of theory (``none``: the
+    checkpoint's main level)."""
+
+    kind = "checkpoint"
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        name: str | None = None,
+        forces: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        max_atoms: int = 2048,
+    ) -> None:
+        folder = Path(path)
+        if folder.is_dir() and not CheckpointFolder(folder).model_config.is_file():
+            folder = resolve_checkpoint(folder)  # a run folder: its latest checkpoint
+        self.path = folder
+        self.model = load_model(folder, dtype=dtype)
+        self.forces = forces or force_kind(self.model)
+        self.max_atoms = max_atoms
+        self.name = name or _default_name(folder)
+
+    def identity(self) -> dict[str, Any]:
+        files = CheckpointFolder(self.path)
+        weights = next((p for p in (files.export_weights, files.ddp) if p.is_file()), None)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "path": str(self.path.resolve()),
+            "weights_sha256": sha256_of(weights) if weights else _folder_sha256(files.deepspeed),
+            "config": self.model.config.to_dict(),
+            "forces": self.forces,
+            "trained_forces": force_kind(self.model),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "training_curve": training_curve(self.path),
+        }
+
+    def _level(self, s: Structure) -> Structure:
+        if s.level_of_theory == "none":
+            return replace(s, level_of_theory=self.model.config.main_level_of_theory)
+        return s
+
+    def predict(self, structures: Iterable[Structure]) -> Iterator[tuple[Structure, Prediction]]:
+        originals: list[Structure] = []
+
+        def at_level() -> Iterator[Structure]:
+            for s in structures:
+                originals.append(s)
+                yield self._level(s)
+
+        for i, (_, prediction) in enumerate(
+            predict_structures(self.model, at_level(), forces=self.forces, max_atoms=self.max_atoms)
+        ):
+            yield originals[i], prediction
+
+    def calculator(self, level_of_theory: str | None = None) -> Calculator:
+        from model.calculator import AtomFMCalculator
+
+        level = None if level_of_theory in (None, "none") else level_of_theory
+        model = self.model.double() if self.model.dtype != torch.float64 else self.model
+        return AtomFMCalculator(model, level_of_theory=level, forces=self.forces)
+
+
+class CalculatorPredictor:
+    """Any ASE calculator, made by ``module:factory`` (``ase.calculators.emt:EMT``, a MACE or fairchem
+    factory, ...), optionally with keyword arguments. Structures are predicted one at a time."""
+
+    kind = "calculator"
+
+    def __init__(self, spec: str, *, name: str | None = None, options: dict[str, Any] | None = None) -> None:
+        self.spec, self.options = spec, dict(options or {})
+        self.factory = import_factory(spec)
+        self.name = name or spec.rsplit(":", 1)[-1]
+        self._calc: Calculator | None = None
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "path": self.spec,
+            "weights_sha256": None,
+            "config": self.options or None,
+            "forces": "calculator",
+            "training_curve": None,
+        }
+
+    def calculator(self, level_of_theory: str | None = None) -> Calculator:
+        if self._calc is None:
+            self._calc = self.factory(**self.options)
+        return self._calc
+
+    def predict(self, structures: Iterable[Structure]) -> Iterator[tuple[Structure, Prediction]]:
+        calc = self.calculator()
+        for s in structures:
+            atoms = structure_to_atoms(s)
+            atoms.calc = calc
+            stress = (
+                atoms.get_stress(voigt=False)
+                if s.is_periodic and "stress" in calc.implemented_properties
+                else None
+            )
+            yield s, Prediction(float(atoms.get_potential_energy()), np.asarray(atoms.get_forces()), stress)
+
+
+class ReferenceBaseline:
+    """The trivial model: per-element linear reference energies per level of theory (least squares on the
+    training split), zero forces and zero stress."""
+
+    kind = "baseline"
+
+    def __init__(
+        self, training: Iterable[Structure], *, fitted_on: str, name: str = "reference+zero-force"
+    ) -> None:
+        numbers, energies, levels = [], [], []
+        for s in training:
+            if s.energy is not None:
+                numbers.append(np.asarray(s.atomic_numbers, dtype=np.int64))
+                energies.append(float(s.energy))
+                levels.append(s.level_of_theory)
+        if not energies:
+            raise BadInputError("no energy labels to fit the reference-energy baseline on", path=fitted_on)
+        self.table = fit_reference_energies_from_arrays(
+            numbers, energies, levels, num_levels=len(LEVELS_OF_THEORY)
+        ).numpy()
+        self.fitted_on, self.structures, self.name = fitted_on, len(energies), name
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "path": None,
+            "weights_sha256": None,
+            "config": {"fitted_on": self.fitted_on, "structures": self.structures},
+            "forces": "zero",
+            "training_curve": None,
+        }
+
+    def energy(self, s: Structure) -> float:
+        return float(
+            self.table[LEVELS_OF_THEORY.index(s.level_of_theory), np.asarray(s.atomic_numbers)].sum()
+        )
+
+    def predict(self, structures: Iterable[Structure]) -> Iterator[tuple[Structure, Prediction]]:
+        for s in structures:
+            stress = np.zeros((3, 3)) if s.is_periodic else None
+            yield s, Prediction(self.energy(s), np.zeros((s.num_atoms, 3)), stress)
+
+    def calculator(self, level_of_theory: str | None = None) -> Calculator:
+        return _TableCalculator(self.table[LEVELS_OF_THEORY.index(level_of_theory or "none")])
+
+
+class _TableCalculator(Calculator):
+    """Σ reference energies of the atoms; zero forces and stress."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, row: np.ndarray) -> None:
+        super().__init__()
+        self.row = row
+
+    def calculate(
+        self, atoms: Atoms | None = None, properties: Any = None, system_changes: Any = all_changes
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        energy = float(self.row[self.atoms.numbers].sum())
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": np.zeros((len(self.atoms), 3)),
+            "stress": np.zeros(6),
+        }
+
+
+def import_factory(spec: str) -> Callable[..., Calculator]:
+    """``package.module:callable`` → the callable; errors say what was wrong with the spec."""
+    if ":" not in spec:
+        raise BadInputError(
+            f"expected module:factory (e.g. ase.calculators.emt:EMT), got {spec!r}", field="calculator"
+        )
+    module_name, attr = spec.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise BadInputError(f"cannot import {module_name!r} ({err})", field="calculator") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise BadInputError(f"{module_name} has no callable {attr!r}", field="calculator")
+    return factory
+
+
+def training_curve(checkpoint: Path) -> list[dict[str, Any]] | None:
+    """The run's ``metrics.jsonl`` records (step, losses, validation metrics) when the checkpoint is in a run
+    folder (``<run>/checkpoints/step_*``) or an export beside one (``<run>/export``)."""
+    for run in (checkpoint.parent.parent, checkpoint.parent):
+        path = run / "metrics.jsonl"
+        if path.is_file():
+            records = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                records.append(
+                    {
+                        k: v
+                        for k, v in record.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    }
+                )
+            return records
+    return None
+
+
+def _default_name(folder: Path) -> str:
+    parts = folder.resolve().parts
+    if len(parts) >= 3 and parts[-2] == "checkpoints":
+        return f"{parts[-3]}@{parts[-1]}"
+    if folder.name == "export" and len(parts) >= 2:
+        return parts[-2]
+    return folder.name
+
+
+def _folder_sha256(folder: Path) -> str | None:
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(f"{p.relative_to(folder)} {sha256_of(p)}\n".encode())
+    return h.hexdigest()
+
+
+__all__ = ["CalculatorPredictor", "CheckpointPredictor", "ReferenceBaseline", "structure_to_atoms"]
