@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 
-.PHONY: setup setup-bench demo test lint clean
+.PHONY: setup setup-bench browser demo test lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,7 +32,14 @@ demo: setup
 	$(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train --config configs/pretrain_demo.yaml
 	$(VENV)/bin/atomfm export runs/pretrain_demo --out runs/pretrain_demo/export
 
-test: setup
+# Debian's headless Chromium and its driver for the leaderboard's browser test (selenium drives them)
+browser:
+	if [ ! -x /usr/bin/chromedriver ]; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
+	fi
+
+test: setup browser
 	$(PY) -m pytest -q
 
 lint: setup

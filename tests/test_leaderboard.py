@@ -1,0 +1,156 @@
+"""atomfm leaderboard: collection and validation of result files, ranks, the Markdown and the site's files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from leaderboard_results import write_results
+
+from data_pipeline.schema import BadInputError
+from eval.leaderboard import build_report
+from eval.leaderboard.collect import collect_results
+from eval.leaderboard.plots import table_position
+from eval.leaderboard.rank import competition_ranks, rank_results
+from eval.leaderboard.tables import board_tables
+from launch import cli
+
+ACCURACY = ("accuracy", "water/test")
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory) -> Path:
+    return write_results(tmp_path_factory.mktemp("results"))
+
+
+@pytest.fixture(scope="module")
+def report(results_dir, tmp_path_factory) -> Path:
+    return build_report([str(results_dir)], str(tmp_path_factory.mktemp("report")))
+
+
+def copy_of(results_dir: Path, folder: Path, pattern: str = "*.json") -> Path:
+    folder.mkdir()
+    for path in results_dir.glob(pattern):
+        (folder / path.name).write_text(path.read_text())
+    return folder
+
+
+def test_equal_values_share_the_best_place_and_missing_ones_have_none():
+    scores = {"a": 1.0, "b": 1.0, "c": 2.0, "d": None}
+    assert competition_ranks(scores) == {"a": 1, "b": 1, "c": 3, "d": None}
+    assert competition_ranks(scores, better="higher") == {"a": 2, "b": 2, "c": 1, "d": None}
+
+
+def test_ranks_follow_better_per_board_and_a_missing_board_counts_below_the_last(results_dir):
+    ranking = rank_results(collect_results([results_dir]))
+    assert ranking.domain[(ACCURACY, "all")] == {"large": 1, "small": 2, "reference+zero-force": 3}
+    assert ranking.board[("eos", "water/test")] == {"small": 1, "large": 2}  # no "all": mean domain rank
+    assert ranking.board[("conformer_ranking", "water/test")] == {"small": 1, "large": 2}  # higher is better
+    # small (2 + 1 + 1) / 3, large (1 + 2 + 2) / 3, baseline (3 + 3 + 3) / 3: unscored boards count as 3rd
+    assert ranking.mean_rank == pytest.approx({"small": 4 / 3, "large": 5 / 3, "reference+zero-force": 3.0})
+    assert ranking.models == ["small", "large", "reference+zero-force"]
+    assert ranking.boards_ranked == {"small": 3, "large": 3, "reference+zero-force": 1}
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda text: text[: len(text) // 2], "not readable JSON"),
+        (lambda text: text.replace('"schema_version": 1', '"schema_version": 2'), "schema version 2"),
+        (
+            lambda text: text.replace('"better": "lower"', '"better": "sideways"', 1),
+            r"field 'metrics\.\w+\.\w+\.better'",
+        ),
+        (lambda text: text.replace('"kind": "checkpoint"', '"kind": "oracle"'), "field 'model.kind'"),
+    ],
+)
+def test_a_bad_result_file_is_an_error_naming_it(results_dir, tmp_path, damage, message):
+    folder = copy_of(results_dir, tmp_path / "results")
+    bad = folder / "small__accuracy__water-test.json"
+    bad.write_text(damage(bad.read_text()))
+    with pytest.raises(BadInputError, match=message) as err:
+        collect_results([folder])
+    assert str(bad) in str(err.value)
+
+
+def test_other_json_is_skipped_with_a_warning_and_no_results_at_all_is_an_error(tmp_path, caplog):
+    (tmp_path / "model_config.json").write_text(json.dumps({"backbone": {}}))
+    with caplog.at_level(logging.WARNING), pytest.raises(BadInputError, match="no atomfm-eval-result files"):
+        collect_results([tmp_path])
+    assert "skipping" in caplog.text and "model_config.json" in caplog.text
+
+
+def test_two_results_for_one_model_task_and_data_are_an_error(results_dir, tmp_path):
+    again = copy_of(results_dir, tmp_path / "again")
+    with pytest.raises(BadInputError, match="a second result for model"):
+        collect_results([results_dir, again])
+
+
+def test_markdown_has_a_ranked_table_per_board_and_domain_with_intervals_and_counts(report):
+    text = (report.parent / "report.md").read_text()
+    headings = re.findall(r"^#+ .*$", text, flags=re.MULTILINE)
+    assert headings[:3] == ["# atomfm leaderboard", "## Overall", "## accuracy · water/test"]
+    assert {"### all domains", "### molecule", "### material"} <= set(headings)
+    row = next(line for line in text.splitlines() if line.startswith("| 1 | [large]"))  # best on accuracy/all
+    assert re.search(r"\| 30\.0 \[\d+\.\d, \d+\.\d\] n=10 \|", row), row
+
+
+def test_csv_of_a_table_has_raw_values_intervals_and_counts(results_dir):
+    results = collect_results([results_dir])
+    table = board_tables(results, rank_results(results), {})[ACCURACY][0]
+    rows = list(csv.DictReader(io.StringIO(table.csv_text())))
+    assert [r["model"] for r in rows] == ["large", "small", "reference+zero-force"]
+    low, value, high = (
+        float(rows[0][k]) for k in ("force_mae ci95 low", "force_mae (meV/Å)", "force_mae ci95 high")
+    )
+    assert low < value < high and value == pytest.approx(30.0)
+    assert rows[0]["force_mae n"] == "10" and rows[0]["force_mae n_items"] == "30"
+
+
+def test_pages_reference_only_their_own_png_files(report):
+    pages = sorted(report.parent.glob("*.html"))
+    assert {p.name for p in pages} == {
+        "index.html",
+        "model-large.html",
+        "model-small.html",
+        "model-reference+zero-force.html",
+    }
+    for page in pages:
+        html = page.read_text()
+        assert not re.search(r"(src|href)=\"(https?:)?//", html), (
+            f"{page.name} loads something from the network"
+        )
+        for src in re.findall(r'<img src="([^"]+)"', html):
+            assert (report.parent / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{page.name}: {src}"
+    large = (report.parent / "model-large.html").read_text()
+    assert {
+        "parity-accuracy-water_test-molecule.png",
+        "elements-accuracy-water_test-material.png",
+        "learning-curve.png",
+    } <= {Path(src).name for src in re.findall(r'<img src="([^"]+)"', large)}
+
+
+def test_periodic_table_positions():
+    places = {z: table_position(z) for z in range(1, 119)}
+    assert places[1] == (0, 0) and places[2] == (0, 17) and places[5] == (1, 12) and places[19] == (3, 0)
+    assert places[57] == (8, 2) and places[71] == (8, 16) and places[72] == (5, 3) and places[86] == (5, 17)
+    assert places[89] == (9, 2) and places[118] == (6, 17)
+    assert len(set(places.values())) == 118
+
+
+def test_command_reports_bad_input_in_one_line_with_exit_code_2(tmp_path, capsys):
+    assert cli.main(["leaderboard", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("atomfm leaderboard: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_command_writes_the_report_and_says_where(results_dir, tmp_path, capsys):
+    eos = copy_of(results_dir, tmp_path / "eos", "*__eos__*.json")  # no plots but one: quick
+    assert cli.main(["leaderboard", str(eos), "--out", str(tmp_path / "report")]) == 0
+    assert str(tmp_path / "report" / "index.html") in capsys.readouterr().out
+    assert (tmp_path / "report" / "report.md").is_file()
