@@ -13,6 +13,8 @@ COMMAND_GROUPS: tuple[tuple[str, str], ...] = (
     ("model", "model.cli"),
     ("train", "train.cli"),
     ("export", "train.export_cli"),
+    ("eval", "eval.cli"),
+    ("leaderboard", "eval.leaderboard.cli"),
 )
 
 
