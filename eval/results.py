@@ -66,7 +66,7 @@ def result_record(
 
 
 def result_path(out_dir: str | Path, model: str, task: str, data: str) -> Path:
-    return Path(out_dir) / f"{_slug(model)}__{_slug(task)}__{_slug(data)}.json"
+    return Path(out_dir) / f"{slug(model)}__{slug(task)}__{slug(data)}.json"
 
 
 def write_result(out_dir: str | Path, record: dict[str, Any]) -> Path:
@@ -86,5 +86,5 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-") or "unnamed"

@@ -12,18 +12,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from model.parity import parity_activation, pseudo_mask
 from model.so3 import CoefficientLayout, spherical_harmonics
 
 
 class GateActivation(nn.Module):
-    """SiLU on the l = 0 coefficients; every l > 0 block is scaled by sigmoid(gate), one gate per (l, channel).
+    """SiLU on the l = 0 coefficients (an odd SiLU on pseudo channels); every l > 0 block is scaled by
+    sigmoid(gate), one gate per (l, channel), gates being polar scalars.
 
     Exactly equivariant (and commutes with rotations about any axis in any truncated layout).
     """
 
-    def __init__(self, layout: CoefficientLayout, channels: int) -> None:
+    def __init__(self, layout: CoefficientLayout, channels: int, pseudo: Tensor | None = None) -> None:
         super().__init__()
         self.layout, self.channels = layout, channels
+        self.register_buffer(
+            "pseudo", pseudo_mask(channels, 0.0) if pseudo is None else pseudo, persistent=False
+        )
         gate_of_coefficient = [ell - 1 for ell in layout.degree_of_coefficient[1:]]
         self.register_buffer(
             "gate_of_coefficient", torch.tensor(gate_of_coefficient, dtype=torch.long), persistent=False
@@ -37,7 +42,10 @@ class GateActivation(nn.Module):
         gates = torch.sigmoid(scalars).unflatten(-1, (self.layout.lmax, self.channels))
         degree_zero, higher = x.split([1, x.shape[-2] - 1], dim=-2)
         return torch.cat(
-            [nn.functional.silu(degree_zero), higher * gates.index_select(-2, self.gate_of_coefficient)],
+            [
+                parity_activation(degree_zero, self.pseudo),
+                higher * gates.index_select(-2, self.gate_of_coefficient),
+            ],
             dim=-2,
         )
 
@@ -48,11 +56,21 @@ class SeparableS2Activation(nn.Module):
 
     The grid is Gauss–Legendre in cos(theta) times uniform in phi, exact for band-limited functions, but
     SiLU of a band-limited function is not band-limited: equivariance holds up to the grid's aliasing error,
-    which falls quickly as ``resolution`` (latitude points) grows.
+    which falls quickly as ``resolution`` (latitude points) grows. Pseudo channels (whose sphere function
+    changes sign under a reflection) take an odd SiLU, so reflections commute with the activation too.
     """
 
-    def __init__(self, layout: CoefficientLayout, channels: int, resolution: int | None = None) -> None:
+    def __init__(
+        self,
+        layout: CoefficientLayout,
+        channels: int,
+        resolution: int | None = None,
+        pseudo: Tensor | None = None,
+    ) -> None:
         super().__init__()
+        self.register_buffer(
+            "pseudo", pseudo_mask(channels, 0.0) if pseudo is None else pseudo, persistent=False
+        )
         if layout.mmax != layout.lmax:
             raise ValueError("the S² activation works on the full layout (mmax == lmax)")
         self.layout, self.channels = layout, channels
@@ -67,9 +85,9 @@ class SeparableS2Activation(nn.Module):
         return channels
 
     def forward(self, x: Tensor, scalars: Tensor) -> Tensor:
-        on_grid = nn.functional.silu(torch.matmul(self.to_grid.to(x.dtype), x))
+        on_grid = parity_activation(torch.matmul(self.to_grid.to(x.dtype), x), self.pseudo)
         back = torch.matmul(self.from_grid[1:].to(x.dtype), on_grid)
-        return torch.cat([nn.functional.silu(scalars).unsqueeze(-2), back], dim=-2)
+        return torch.cat([parity_activation(scalars, self.pseudo).unsqueeze(-2), back], dim=-2)
 
 
 ACTIVATIONS: dict[str, type[GateActivation] | type[SeparableS2Activation]] = {
@@ -84,14 +102,18 @@ def default_s2_resolution(lmax: int) -> int:
 
 
 def make_activation(
-    name: str, layout: CoefficientLayout, channels: int, s2_resolution: int | None = None
+    name: str,
+    layout: CoefficientLayout,
+    channels: int,
+    s2_resolution: int | None = None,
+    pseudo: Tensor | None = None,
 ) -> GateActivation | SeparableS2Activation:
     """The activation called ``name`` in :data:`ACTIVATIONS` (``s2_resolution`` is read by "s2" only)."""
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
     if name == "s2":
-        return SeparableS2Activation(layout, channels, s2_resolution)
-    return ACTIVATIONS[name](layout, channels)
+        return SeparableS2Activation(layout, channels, s2_resolution, pseudo)
+    return ACTIVATIONS[name](layout, channels, pseudo)
 
 
 def s2_grid_projections(lmax: int, resolution: int) -> tuple[np.ndarray, np.ndarray]:

@@ -266,8 +266,10 @@ class AtomFM(nn.Module):
             batch.domain,
             vector_input=getattr(batch, "dens_forces", None),
         )
+        polar = self.backbone.polar.to(x.dtype)
         inp = HeadInput(
-            x=x,
+            x=x * polar,  # physical heads read polar channels only: mirror-invariant energies
+            pseudo_scalars=x[:, 0, polar == 0],
             z=batch.z,
             batch=batch.batch,
             num_graphs=num_graphs,

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from model.activation import GateActivation
+from model.parity import pseudo_mask
 from model.so2_conv import SO2Convolution
 from model.so3 import CoefficientLayout, rotate_from_edge_frame, rotate_to_edge_frame
 from model.so3_linear import SO3Linear
@@ -79,6 +80,7 @@ class EquivariantGraphAttention(nn.Module):
         num_heads: int,
         num_rbf: int,
         radial_channels: int,
+        pseudo_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         if attn_channels % num_heads:
@@ -95,18 +97,23 @@ class EquivariantGraphAttention(nn.Module):
             nn.SiLU(),
         )
         self.num_gates = GateActivation.num_scalars(lmax, attn_channels)
+        node, attn = pseudo_mask(channels, pseudo_fraction), pseudo_mask(attn_channels, pseudo_fraction)
         self.message = SO2Convolution(
             edge_layout,
             2 * channels,
             attn_channels,
             extra_scalars=attn_channels + self.num_gates,
             radial_channels=radial_channels,
+            in_pseudo=torch.cat([node, node]),  # source then target channels (gather_edge_pairs)
+            out_pseudo=attn,
         )
         self.logit_norm = nn.LayerNorm(self.head_channels)
         self.logit_weight = nn.Parameter(torch.randn(num_heads, self.head_channels) / self.head_channels**0.5)
-        self.gate = GateActivation(edge_layout, attn_channels)
-        self.value = SO2Convolution(edge_layout, attn_channels, attn_channels)
-        self.output = SO3Linear(lmax, attn_channels, channels)
+        self.gate = GateActivation(edge_layout, attn_channels, attn)
+        self.value = SO2Convolution(
+            edge_layout, attn_channels, attn_channels, in_pseudo=attn, out_pseudo=attn
+        )
+        self.output = SO3Linear(lmax, attn_channels, channels, in_pseudo=attn, out_pseudo=node)
 
     def forward(self, x: Tensor, edge_index: Tensor, geometry: EdgeGeometry) -> Tensor:
         target, num_edges = edge_index[1], edge_index.shape[1]

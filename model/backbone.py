@@ -1,7 +1,8 @@
 """The equivariant backbone: a pre-norm transformer over SO(3) features of atoms (EquiformerV2 / eSEN family).
 
-Features are irreps of degrees 0..lmax without parity, so the model is equivariant to rotations and
-translations, and tells a molecule from its mirror image.
+Features are irreps of degrees 0..lmax in polar and pseudo channels (``model.parity``), so the backbone is
+equivariant to rotations, translations and reflections: a molecule and its mirror image get the same
+polar features, and pseudo-scalars of opposite sign, which chirality-aware heads read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from model.activation import ACTIVATIONS, make_activation
 from model.attention import EdgeGeometry, EquivariantGraphAttention
 from model.conditioning import ConditioningEmbedding
 from model.norm import EquivariantRMSNorm
+from model.parity import pseudo_mask, same_parity
 from model.radial import RADIAL_BASES, PolynomialEnvelope
 from model.so3 import (
     CoefficientLayout,
@@ -53,6 +55,7 @@ class BackboneConfig:
     activation: str = "s2"  # feed-forward nonlinearity: "s2" | "gate"
     s2_resolution: int | None = None  # latitude points of the S² grid; None: 3 * (lmax + 1)
     activation_checkpointing: bool = False
+    pseudo_fraction: float = 0.25  # share of each feature width in pseudo (parity-odd) channels; 0: achiral
     num_elements: int = 119  # index 0 = [MASK] token (masked atom types), 1..118 = Z
     num_levels: int = len(LEVELS_OF_THEORY)
     num_domains: int = len(DOMAINS)
@@ -77,6 +80,11 @@ class BackboneConfig:
                 f"must exceed lmax ({self.lmax}) for the grid to resolve the features",
             ),
             ("num_rbf", self.num_rbf >= 2, "must be at least 2"),
+            (
+                "pseudo_fraction",
+                0.0 <= self.pseudo_fraction < 1.0,
+                "must lie in [0, 1): polar channels carry the energy",
+            ),
         ]
         for name in (
             "channels",
@@ -108,16 +116,37 @@ class EquivariantFeedForward(nn.Module):
     """Per-atom feed-forward: SO(3)-linear up to ``hidden`` channels, nonlinearity, SO(3)-linear back."""
 
     def __init__(
-        self, lmax: int, channels: int, hidden: int, activation: str, s2_resolution: int | None
+        self,
+        lmax: int,
+        channels: int,
+        hidden: int,
+        activation: str,
+        s2_resolution: int | None,
+        pseudo_fraction: float = 0.0,
     ) -> None:
         super().__init__()
-        self.activation = make_activation(activation, CoefficientLayout(lmax, lmax), hidden, s2_resolution)
-        self.scalars = nn.Linear(channels, ACTIVATIONS[activation].num_scalars(lmax, hidden))
-        self.up = SO3Linear(lmax, channels, hidden)
-        self.down = SO3Linear(lmax, hidden, channels)
+        node, inner = pseudo_mask(channels, pseudo_fraction), pseudo_mask(hidden, pseudo_fraction)
+        self.activation = make_activation(
+            activation, CoefficientLayout(lmax, lmax), hidden, s2_resolution, inner
+        )
+        num_scalars = ACTIVATIONS[activation].num_scalars(lmax, hidden)
+        self.scalars = nn.Linear(channels, num_scalars)
+        # The S² activation's scalars are the hidden l = 0 features (of each channel's parity); the gate's are
+        # gates (polar). Either way, a scalar reads input channels of its own parity.
+        scalar_parity = inner if num_scalars == hidden else pseudo_mask(num_scalars, 0.0)
+        self.register_buffer("scalar_parity", scalar_parity, persistent=False)
+        self.register_buffer("node_parity", node, persistent=False)
+        self.masked = bool(node.any())
+        self.up = SO3Linear(lmax, channels, hidden, in_pseudo=node, out_pseudo=inner)
+        self.down = SO3Linear(lmax, hidden, channels, in_pseudo=inner, out_pseudo=node)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.activation(self.up(x), self.scalars(x[..., 0, :])))
+        weight, bias = self.scalars.weight, self.scalars.bias
+        if self.masked:
+            weight = weight * same_parity(self.scalar_parity, self.node_parity).to(weight)
+            bias = bias * (~self.scalar_parity).to(bias)
+        scalars = nn.functional.linear(x[..., 0, :], weight, bias)
+        return self.down(self.activation(self.up(x), scalars))
 
 
 class EdgeDegreeEmbedding(nn.Module):
@@ -130,9 +159,13 @@ class EdgeDegreeEmbedding(nn.Module):
     neighbour crosses the cutoff. [N, C] scalars -> [N, (lmax+1)**2, C].
     """
 
-    def __init__(self, lmax: int, channels: int, num_rbf: int, radial_channels: int) -> None:
+    def __init__(
+        self, lmax: int, channels: int, num_rbf: int, radial_channels: int, pseudo: Tensor | None = None
+    ) -> None:
         super().__init__()
         self.lmax, self.channels = lmax, channels
+        polar = (~(pseudo_mask(channels, 0.0) if pseudo is None else pseudo)).to(torch.get_default_dtype())
+        self.register_buffer("polar", polar, persistent=False)  # edge directions make polar features only
         self.radial_mlp = nn.Sequential(
             nn.Linear(num_rbf + 2 * channels, radial_channels),
             nn.LayerNorm(radial_channels),
@@ -145,7 +178,9 @@ class EdgeDegreeEmbedding(nn.Module):
         features = torch.cat(
             [geometry.radial_basis, scalars.index_select(0, source), scalars.index_select(0, target)], dim=-1
         )
-        on_axis = self.radial_mlp(features).unflatten(-1, (self.lmax + 1, self.channels))
+        on_axis = self.radial_mlp(features).unflatten(-1, (self.lmax + 1, self.channels)) * self.polar.to(
+            features.dtype
+        )
         values = rotate_from_edge_frame(on_axis, geometry.rotation[:, : self.lmax + 1]).to(scalars.dtype)
         envelope = geometry.envelope.to(scalars.dtype)
         num_atoms = scalars.shape[0]
@@ -161,7 +196,8 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
-        self.attention_norm = EquivariantRMSNorm(cfg.lmax, cfg.channels)
+        pseudo = pseudo_mask(cfg.channels, cfg.pseudo_fraction)
+        self.attention_norm = EquivariantRMSNorm(cfg.lmax, cfg.channels, pseudo=pseudo)
         self.attention = EquivariantGraphAttention(
             lmax=cfg.lmax,
             mmax=cfg.mmax,
@@ -170,10 +206,11 @@ class TransformerBlock(nn.Module):
             num_heads=cfg.num_heads,
             num_rbf=cfg.num_rbf,
             radial_channels=cfg.radial_channels,
+            pseudo_fraction=cfg.pseudo_fraction,
         )
-        self.feed_forward_norm = EquivariantRMSNorm(cfg.lmax, cfg.channels)
+        self.feed_forward_norm = EquivariantRMSNorm(cfg.lmax, cfg.channels, pseudo=pseudo)
         self.feed_forward = EquivariantFeedForward(
-            cfg.lmax, cfg.channels, cfg.ffn_channels, cfg.activation, cfg.s2_resolution
+            cfg.lmax, cfg.channels, cfg.ffn_channels, cfg.activation, cfg.s2_resolution, cfg.pseudo_fraction
         )
 
     def forward(self, x: Tensor, edge_index: Tensor, geometry: EdgeGeometry) -> Tensor:
@@ -198,11 +235,13 @@ class EquivariantTransformer(nn.Module):
         self.vector_embedding = nn.Parameter(torch.randn(cfg.channels))
         self.radial_basis = RADIAL_BASES[cfg.radial_basis](cfg.num_rbf, cfg.cutoff)
         self.envelope = PolynomialEnvelope(cfg.cutoff)
+        pseudo = pseudo_mask(cfg.channels, cfg.pseudo_fraction)
+        self.register_buffer("polar", (~pseudo).to(torch.get_default_dtype()), persistent=False)
         self.edge_degree_embedding = EdgeDegreeEmbedding(
-            cfg.lmax, cfg.channels, cfg.num_rbf, cfg.radial_channels
+            cfg.lmax, cfg.channels, cfg.num_rbf, cfg.radial_channels, pseudo
         )
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.num_layers))
-        self.final_norm = EquivariantRMSNorm(cfg.lmax, cfg.channels)
+        self.final_norm = EquivariantRMSNorm(cfg.lmax, cfg.channels, pseudo=pseudo)
 
     def forward(
         self,
@@ -220,16 +259,18 @@ class EquivariantTransformer(nn.Module):
         edge_vec [E, 3] Å, r_ij = pos[j] - pos[i] (+ periodic shift), differentiable w.r.t. positions/strain;
         batch [N]; charge, spin, level_of_theory, domain: [B] long;
         vector_input: optional [N, 3] per-atom Cartesian vectors (DeNS: clean forces) embedded as l = 1 features.
-        Returns x [N, (lmax+1)**2, channels], coefficient index l*l + (m + l) for m = -l..l.
+        Returns x [N, (lmax+1)**2, channels], coefficient index l*l + (m + l) for m = -l..l; the last
+        ``pseudo_channels`` channels are pseudo (parity-odd), the others polar.
 
         Edges at or beyond ``cfg.cutoff`` contribute nothing (their envelope is 0) and are dropped.
         """
         edge_index, edge_vec = self._edges_within_cutoff(edge_index, edge_vec)
         geometry = self._edge_geometry(edge_vec)
-        scalars = self.conditioning(z, batch, charge, spin, level_of_theory, domain)
+        polar = self.polar.to(self.vector_embedding.dtype)
+        scalars = self.conditioning(z, batch, charge, spin, level_of_theory, domain) * polar
         x = self.edge_degree_embedding(scalars, edge_index, geometry)
-        if vector_input is not None:
-            vectors = vector_to_l1(vector_input.to(x.dtype).unsqueeze(-1)) * self.vector_embedding
+        if vector_input is not None:  # forces are polar vectors
+            vectors = vector_to_l1(vector_input.to(x.dtype).unsqueeze(-1)) * (self.vector_embedding * polar)
             x = x + nn.functional.pad(vectors, (0, 0, 1, x.shape[1] - 4))
         x = torch.cat([x[:, :1] + scalars.unsqueeze(1), x[:, 1:]], dim=1)
         for block in self.blocks:
@@ -238,6 +279,10 @@ class EquivariantTransformer(nn.Module):
             else:
                 x = block(x, edge_index, geometry)
         return self.final_norm(x)
+
+    @property
+    def pseudo_channels(self) -> int:
+        return int((self.polar == 0).sum())
 
     def _edges_within_cutoff(self, edge_index: Tensor, edge_vec: Tensor) -> tuple[Tensor, Tensor]:
         if edge_vec.shape[0] == 0:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from model.parity import pseudo_mask
 from model.so3 import CoefficientLayout
 
 
 class EquivariantRMSNorm(nn.Module):
     """Normalise x [..., (lmax+1)**2, C] by one rotation-invariant RMS per atom, then scale per (l, channel).
 
-    The l = 0 block is first centred over channels. The RMS is the mean over degrees of each degree's mean
+    The l = 0 block is first centred over its polar channels (a mean over pseudo-scalars would mix parities;
+    pseudo channels are not centred, and only polar channels get the bias). The RMS is the mean over degrees of each degree's mean
     square over its 2l+1 orders and all channels, so every degree counts equally whatever its size. A scale
     per (l, channel) is learned; only l = 0 has a bias, which would break equivariance elsewhere.
 
@@ -20,8 +22,10 @@ class EquivariantRMSNorm(nn.Module):
     those up to unit size, with derivatives of order 1/sqrt(eps). Computed in at least float32.
     """
 
-    def __init__(self, lmax: int, channels: int, eps: float = 1e-6) -> None:
+    def __init__(self, lmax: int, channels: int, eps: float = 1e-6, pseudo: Tensor | None = None) -> None:
         super().__init__()
+        polar = (~(pseudo_mask(channels, 0.0) if pseudo is None else pseudo)).to(torch.get_default_dtype())
+        self.register_buffer("polar", polar, persistent=False)
         self.lmax, self.eps = lmax, eps
         self.scale = nn.Parameter(torch.ones(lmax + 1, channels))
         self.bias = nn.Parameter(torch.zeros(channels))
@@ -35,9 +39,11 @@ class EquivariantRMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
         x = x.to(torch.promote_types(dtype, torch.float32))
-        scalars = x[..., :1, :] - x[..., :1, :].mean(dim=-1, keepdim=True)
+        polar = self.polar.to(x.dtype)
+        mean = (x[..., :1, :] * polar).sum(dim=-1, keepdim=True) / polar.sum()
+        scalars = x[..., :1, :] - mean * polar
         x = torch.cat([scalars, x[..., 1:, :]], dim=-2)
         mean_square = (x.pow(2).mean(dim=-1) * self.coefficient_weight.to(x.dtype)).sum(dim=-1)
         scale = self.scale.to(x.dtype).index_select(0, self.degree_of_coefficient)
         out = x * torch.rsqrt(mean_square + self.eps)[..., None, None] * scale
-        return torch.cat([out[..., :1, :] + self.bias.to(x.dtype), out[..., 1:, :]], dim=-2).to(dtype)
+        return torch.cat([out[..., :1, :] + self.bias.to(x.dtype) * polar, out[..., 1:, :]], dim=-2).to(dtype)

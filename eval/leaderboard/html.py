@@ -16,7 +16,7 @@ from data_pipeline.atomic_files import write_text_atomic
 from eval.leaderboard.collect import Result
 from eval.leaderboard.rank import Board, Ranking
 from eval.leaderboard.tables import Table, anchor, board_title, count_of, format_number, result_table
-from eval.results import _slug
+from eval.results import slug
 
 LEGEND = (
     "Each cell: the value, under it the 95% bootstrap interval [low, high] and n, the structures (groups, for "
@@ -45,10 +45,10 @@ def model_pages(models: list[str]) -> dict[str, str]:
     """A distinct ``model-<name>.html`` for each model."""
     pages: dict[str, str] = {}
     for model in models:
-        stem, n = f"model-{_slug(model)}", 1
+        stem, n = f"model-{slug(model)}", 1
         while f"{stem}.html" in pages.values():
             n += 1
-            stem = f"model-{_slug(model)}-{n}"
+            stem = f"model-{slug(model)}-{n}"
         pages[model] = f"{stem}.html"
     return pages
 

@@ -11,7 +11,10 @@ from torch import Tensor, nn
 class HeadInput:
     """The backbone's output and the batch fields heads read.
 
-    x: [N, (lmax+1)², C] node features (index 0 = l=0, 1..3 = l=1, ...); z: [N] atomic numbers (0 = masked);
+    x: [N, (lmax+1)², C] node features (index 0 = l=0, 1..3 = l=1, ...), polar channels only (pseudo
+    channels zeroed), so every head is mirror-equivariant by construction; pseudo_scalars: [N, P] the
+    backbone's l = 0 pseudo channels, which change sign under a reflection (for chirality-aware heads);
+    z: [N] atomic numbers (0 = masked);
     batch: [N] graph index; pos: [N, 3] Å (as the backbone saw them, strained when stress is asked);
     charge: [B] total charge, e; residue_id: [N] residue number within its structure, −1 off-protein.
     """
@@ -23,6 +26,7 @@ class HeadInput:
     pos: Tensor
     charge: Tensor
     residue_id: Tensor | None = None
+    pseudo_scalars: Tensor | None = None
 
     @property
     def invariant(self) -> Tensor:

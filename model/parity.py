@@ -1,0 +1,55 @@
+"""Parity of feature channels: how the backbone is equivariant under reflections yet keeps handedness.
+
+Every channel of every feature width is either *polar* (its degree-l coefficients change sign as (-1)^l
+under inversion, like the spherical harmonics of an edge direction) or *pseudo* (the opposite sign: a
+pseudo-scalar at l = 0, an axial vector at l = 1). The last ``round(width * pseudo_fraction)`` channels of
+each width are pseudo. Every map then respects parity:
+
+- channel-mixing linear maps (per degree, and the m = 0 and W1 blocks of the SO(2) convolution) connect
+  channels of the same parity; the SO(2) convolution's m/-m cross weights W2, which turn a polar vector
+  about the edge into an axial one, connect channels of opposite parity;
+- biases, the conditioning embeddings and everything read from the edge directions or the radial basis are
+  polar; nonlinearities are SiLU on polar scalars and an odd function on pseudo scalars, and gates come
+  from polar scalars.
+
+So the backbone is O(3)-equivariant: the polar l = 0 features of a molecule and its mirror image are equal
+and its pseudo-scalars change sign. The energy and every physical head read polar channels only (exactly
+mirror-invariant energies, mirror-equivariant forces and stress); chirality-aware heads read the
+pseudo-scalars, which tell L from D. Structural zeros are masks on dense weights: their gradients are zero.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def pseudo_mask(width: int, fraction: float) -> Tensor:
+    """[width] bool, True for the pseudo channels (the last ``round(width * fraction)``)."""
+    count = int(round(width * fraction))
+    mask = torch.zeros(width, dtype=torch.bool, device="cpu")  # CPU even when models are built on meta
+    if count:
+        mask[width - count :] = True
+    return mask
+
+
+def same_parity(rows: Tensor, cols: Tensor) -> Tensor:
+    """[len(rows), len(cols)] bool mask of the weights between channels of equal parity."""
+    return rows[:, None] == cols[None, :]
+
+
+def opposite_parity(rows: Tensor, cols: Tensor) -> Tensor:
+    """[len(rows), len(cols)] bool mask of the weights between channels of opposite parity."""
+    return rows[:, None] != cols[None, :]
+
+
+def odd_silu(x: Tensor) -> Tensor:
+    """x · sigmoid(x²): odd (a pseudo-scalar stays one), smooth, linear for large |x| like SiLU."""
+    return x * torch.sigmoid(x * x)
+
+
+def parity_activation(x: Tensor, pseudo: Tensor) -> Tensor:
+    """SiLU on polar channels, :func:`odd_silu` on pseudo ones; channels on the last dimension."""
+    if not bool(pseudo.any()):
+        return torch.nn.functional.silu(x)
+    return torch.where(pseudo.to(x.device), odd_silu(x), torch.nn.functional.silu(x))
