@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -119,6 +120,7 @@ class CalculatorPredictor:
         self.factory = import_factory(spec)
         self.name = name or spec.rsplit(":", 1)[-1]
         self._calc: Calculator | None = None
+        self.failures: Counter = Counter()
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -136,17 +138,23 @@ class CalculatorPredictor:
             self._calc = self.factory(**self.options)
         return self._calc
 
-    def predict(self, structures: Iterable[Structure]) -> Iterator[tuple[Structure, Prediction]]:
+    def predict(self, structures: Iterable[Structure]) -> Iterator[tuple[Structure, Prediction | None]]:
+        """Predictions in input order; a structure the calculator fails on (an element it does not cover,
+        a crash inside it) gives None and is counted in ``failures`` by the error's type and message."""
         calc = self.calculator()
         for s in structures:
             atoms = structure_to_atoms(s)
             atoms.calc = calc
-            stress = (
-                atoms.get_stress(voigt=False)
-                if s.is_periodic and "stress" in calc.implemented_properties
-                else None
-            )
-            yield s, Prediction(float(atoms.get_potential_energy()), np.asarray(atoms.get_forces()), stress)
+            try:
+                energy, forces = float(atoms.get_potential_energy()), np.asarray(atoms.get_forces())
+                stress = None
+                if s.is_periodic and "stress" in calc.implemented_properties:
+                    stress = atoms.get_stress(voigt=False)
+            except Exception as err:  # a foreign calculator may raise anything on input it does not cover
+                self.failures[f"{type(err).__name__}: {err}"[:200]] += 1
+                yield s, None
+                continue
+            yield s, Prediction(energy, forces, stress)
 
 
 class ReferenceBaseline:

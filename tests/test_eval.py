@@ -257,3 +257,17 @@ def _batch(atoms):
     return atoms_to_batch(
         [atoms], small_model().config.backbone.cutoff, level_of_theory="emt", dtype=torch.float32
     )
+
+
+def test_structures_a_calculator_cannot_handle_are_counted_not_fatal(labelled_file, tmp_path):
+    frames = read(labelled_file, ":4")
+    silicon = bulk("Si", "diamond", a=5.43)
+    silicon.calc = SinglePointCalculator(silicon, energy=-10.8, forces=np.zeros((2, 3)))
+    mixed = tmp_path / "mixed.extxyz"
+    write(mixed, [*frames, silicon])
+    assert atomfm(["eval", "--calculator", "ase.calculators.emt:EMT", "--data", str(mixed), "--level-of-theory",
+                   "emt", "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    r = result(tmp_path / "r", "EMT")
+    assert r["metrics"]["all"]["energy_mae"]["n"] == 4
+    assert r["details"]["failed_per_domain"] == {"material": 1}
+    assert any("Si" in reason for reason in r["details"]["failures"])

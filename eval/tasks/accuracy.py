@@ -64,8 +64,12 @@ class Accuracy(EvalTask):
             unit=" structures",
             disable=not progress,
         )
+        failed: dict[str, int] = defaultdict(int)
         for s, pred in predictor.predict(data.structures):
             bar.update()
+            if pred is None:  # the predictor could not handle it: counted, left out of the metrics
+                failed[s.domain] += 1
+                continue
             for group in (groups[s.domain], groups["all"]):
                 self._add(group, s, pred, elements if group is groups["all"] else None)
         bar.close()
@@ -87,12 +91,13 @@ class Accuracy(EvalTask):
             if m.n:
                 per_element[domain][chemical_symbols[z]] = {"force_mae": m.to_dict()}
         counts = {d: len(v) for d, v in data.by_domain().items()}
-        return {
-            "metrics": metrics,
-            "per_element": dict(per_element),
-            "parity": parity,
-            "details": {"structures_per_domain": counts, "force_kind": predictor.identity().get("forces")},
+        details = {
+            "structures_per_domain": counts,
+            "force_kind": predictor.identity().get("forces"),
+            "failed_per_domain": dict(failed),
+            "failures": dict(getattr(predictor, "failures", {})),
         }
+        return {"metrics": metrics, "per_element": dict(per_element), "parity": parity, "details": details}
 
     @staticmethod
     def _add(errors: _Errors, s: Any, pred: Any, elements: dict | None) -> None:
