@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ class RunConfig:
     resume: str = "auto"  # auto (latest checkpoint of out_dir, if any) | never | a checkpoint folder
     max_nonfinite_in_row: int = 5
     progress_bar: bool = True
+    max_time_s: float | None = None  # wall-clock budget of this process: checkpoint and stop when it is spent
 
 
 # Model fields the training config sets directly (``model.conservative_forces``), not through ``overrides``;
@@ -51,13 +53,14 @@ TRAINING_SWITCHES = ("conservative_forces", "activation_checkpointing")
 
 @dataclass
 class ValidationConfig:
-    """every: steps between validations (0: never). metric: the key of the best checkpoint, e.g.
-    ``val/all/force_mae`` or ``val/molecule/energy_mae`` (lower is better). patience: validations without
+    """every: steps between validations (0: never). metric: the key of the best checkpoint (lower is better):
+    ``val/<domain|all|mean>/<energy_mae|force_mae|stress_mae>``; ``mean`` weighs every domain once,
+    ``all`` pools their atoms (proteins dominate it). patience: validations without
     improvement before the run stops (0: never stop early). max_structures: score a fixed subset."""
 
     every: int = 0
     split: str = "val"
-    metric: str = "val/all/force_mae"
+    metric: str = "val/mean/force_mae"
     patience: int = 0
     max_structures: int | None = None
     max_atoms: int = 2048
@@ -73,10 +76,10 @@ class ValidationConfig:
             len(parts) != 3
             or parts[0] != "val"
             or parts[2] not in VALIDATION_METRICS
-            or parts[1] not in ("all", *DOMAINS)
+            or parts[1] not in ("all", "mean", *DOMAINS)
         ):
             out["metric"] = (
-                f"expected val/<all|{'|'.join(DOMAINS)}>/<{'|'.join(VALIDATION_METRICS)}>, got {self.metric!r}"
+                f"expected val/<all|mean|{'|'.join(DOMAINS)}>/<{'|'.join(VALIDATION_METRICS)}>, got {self.metric!r}"
             )
         return out
 
@@ -263,8 +266,12 @@ def check_config(cfg: TrainConfig, origin: ConfigOrigin) -> None:
     for key, value in positive.items():
         if value < 1:
             raise origin.error(key, f"must be at least 1, got {value}")
-    if cfg.optim.lr <= 0:
-        raise origin.error("optim.lr", f"learning rate must be positive, got {cfg.optim.lr}")
+    if cfg.run.max_time_s is not None and not cfg.run.max_time_s > 0:
+        raise origin.error(
+            "run.max_time_s", f"must be a positive number of seconds, got {cfg.run.max_time_s}"
+        )
+    if not (math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0):
+        raise origin.error("optim.lr", f"learning rate must be a positive finite number, got {cfg.optim.lr}")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise origin.error("optim.betas", f"expected two numbers in [0, 1), got {cfg.optim.betas}")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:

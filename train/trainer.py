@@ -71,7 +71,9 @@ class TrainerState:
 class TrainResult:
     state: TrainerState
     checkpoint: Path | None
-    stopped_by: str  # "max_steps" | "signal" (a signal or the STOP file) | "nonfinite" | "early_stop"
+    stopped_by: (
+        str  # "max_steps" | "signal" (a signal or the STOP file) | "time_limit" | "nonfinite" | "early_stop"
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -147,6 +149,8 @@ class Trainer:
         self.tasks = build_tasks(cfg.tasks, ConfigOrigin("config"))
         self.state = TrainerState()
         self.stop_signal = False
+        self.time_up = False
+        self.started = time.monotonic()
         self._last_saved: Path | None = None
         resume_from = self._checkpoint_to_resume(resume)
 
@@ -210,8 +214,14 @@ class Trainer:
             )
 
     def stop_requested(self) -> bool:
-        """A signal reached this process, or (rank 0) someone created ``<out_dir>/STOP``."""
-        return self.stop_signal or (self.ctx.is_main and (self.cfg.run_dir / STOP_FILE).exists())
+        """A signal reached this process, ``run.max_time_s`` is spent, or (rank 0) someone created
+        ``<out_dir>/STOP``."""
+        budget = self.cfg.run.max_time_s
+        if budget is not None and time.monotonic() - self.started > budget:
+            self.time_up = True
+        return (
+            self.stop_signal or self.time_up or (self.ctx.is_main and (self.cfg.run_dir / STOP_FILE).exists())
+        )
 
     def install_signal_handlers(self) -> None:
         def request_stop(signum: int, frame: Any) -> None:
@@ -291,10 +301,11 @@ class Trainer:
                 )
                 break
             if stopping:
-                stopped_by = "signal"
+                stopped_by = "time_limit" if self.time_up else "signal"
                 if ctx.is_main:
                     (cfg.run_dir / STOP_FILE).unlink(missing_ok=True)
-                self.logger.message(f"stop requested: saved {last_checkpoint}, stopping")
+                reason = f"run.max_time_s={cfg.run.max_time_s} s spent" if self.time_up else "stop requested"
+                self.logger.message(f"{reason}: saved {last_checkpoint}, stopping")
                 break
         self.logger.close()
         if stopped_by == "nonfinite":

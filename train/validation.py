@@ -1,5 +1,6 @@
 """Validation during training: every ``validation.every`` steps the val split is scored per domain (energy
-MAE per atom, force MAE, stress MAE where labelled, in meV units), logged, and the best checkpoint is kept.
+MAE per atom, force MAE, stress MAE where labelled, in meV units; ``all`` pools every atom, ``mean`` averages
+the domains), logged, and the best checkpoint is kept.
 
 Each rank scores its share of the split (structure i goes to rank i mod world size) with the forces the run
 trains (−∂E/∂x or the direct head); one all-reduce sums the errors. ``validation.patience`` validations
@@ -62,6 +63,10 @@ class Validator:
                 total, count = sums[row, c].tolist()
                 if count > 0:
                     out[f"val/{domain}/{METRIC_OF_COLUMN[column]}"] = 1000.0 * total / count
+        for metric in METRIC_OF_COLUMN.values():  # every domain counts once, whatever its atom count
+            per_domain = [out[f"val/{d}/{metric}"] for d in DOMAINS if f"val/{d}/{metric}" in out]
+            if per_domain:
+                out[f"val/mean/{metric}"] = sum(per_domain) / len(per_domain)
         return out
 
 
