@@ -19,9 +19,12 @@ from data_pipeline.stream_plan import load_shard_table
 log = logging.getLogger(__name__)
 
 
-def read_split(corpora: list[str], split: str, *, skipped: Counter | None = None) -> Iterator[Structure]:
-    """Structures of ``split`` in the corpus folders; each undecodable sample adds 1 to ``skipped["decode"]``."""
-    urls = [entry.url for entry in load_shard_table(corpora, split)]
+def read_split(
+    corpora: list[str], split: str, *, source: str | None = None, skipped: Counter | None = None
+) -> Iterator[Structure]:
+    """Structures of ``split`` in the corpus folders (only ``source``'s shards, when given); each undecodable
+    sample adds 1 to ``skipped["decode"]``."""
+    urls = [entry.url for entry in load_shard_table(corpora, split, source=source)]
     dataset = wds.WebDataset(
         urls,
         shardshuffle=False,

@@ -72,11 +72,12 @@ class SampleRef(NamedTuple):
     natoms: int
 
 
-def load_shard_table(corpora: list[str], split: str) -> list[ShardEntry]:
-    """Every shard of ``split`` in the corpus folders, in corpus then manifest order."""
+def load_shard_table(corpora: list[str], split: str, *, source: str | None = None) -> list[ShardEntry]:
+    """Every shard of ``split`` in the corpus folders (only ``source``'s, when given), in corpus then manifest
+    order."""
     table = []
     for corpus in corpora:
-        for info in read_manifest(corpus).select(split=split):
+        for info in read_manifest(corpus).select(split=split, source=source):
             if len(info.natoms) != info.num_samples:
                 raise BadInputError(
                     f"lists {len(info.natoms)} atom counts for {info.num_samples} samples",
@@ -87,7 +88,8 @@ def load_shard_table(corpora: list[str], split: str) -> list[ShardEntry]:
             url = str(Path(corpus) / info.path)
             table.append(ShardEntry(url, info.path, info.domain, tuple(info.natoms), info.sha256))
     if not table:
-        raise BadInputError(f"no shards of split {split!r} in {', '.join(corpora)}", field="split")
+        of_source = "" if source is None else f" from source {source!r}"
+        raise BadInputError(f"no shards of split {split!r}{of_source} in {', '.join(corpora)}", field="split")
     return table
 
 
