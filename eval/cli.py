@@ -51,8 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="CORPUS_OR_FILE",
         help="corpus folders (their --split) or labelled files any reader reads",
     )
+    p.add_argument("--tasks", default="accuracy", help="comma-separated task names (docs/eval.md lists them)")
     p.add_argument(
-        "--tasks", default="accuracy", help="comma-separated task names (atomfm eval --list-tasks)"
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="TASK.OPTION=VALUE",
+        help="a task's option, e.g. eos.max_structures=10 (repeatable; docs/eval.md lists them)",
     )
     p.add_argument(
         "--split", default="test", help="corpus split to evaluate (default: test, never trained on)"
@@ -97,11 +102,12 @@ def run(args: argparse.Namespace) -> list:
     from eval.data import load_eval_data
     from eval.predictors import CalculatorPredictor, CheckpointPredictor, ReferenceBaseline
     from eval.runner import evaluate
-    from eval.tasks import build_task
+    from eval.tasks import build_task, parse_task_options
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    task_options = parse_task_options(args.task_option, tasks)
     for name in tasks:
-        build_task(name)  # unknown names fail before any data is read
+        build_task(name, task_options.get(name))  # unknown names and options fail before any data is read
     if not (args.checkpoint or args.calculator or args.baseline):
         raise BadInputError(
             "nothing to evaluate: give --checkpoint, --calculator or --baseline", field="checkpoint"
@@ -129,5 +135,13 @@ def run(args: argparse.Namespace) -> list:
         predictors.append(ReferenceBaseline(training, fitted_on=fitted_on))
     written = []
     for predictor in predictors:
-        written += evaluate(predictor, data, tasks, args.out, seed=args.seed, progress=not args.no_progress)
+        written += evaluate(
+            predictor,
+            data,
+            tasks,
+            args.out,
+            seed=args.seed,
+            progress=not args.no_progress,
+            options=task_options,
+        )
     return written

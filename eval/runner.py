@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from eval.data import EvalData
 from eval.results import result_record, write_result
-from eval.tasks import build_task
+from eval.tasks import build_task, task_options
 from eval.tasks.base import Predictor
 
 log = logging.getLogger(__name__)
@@ -22,11 +23,15 @@ def evaluate(
     *,
     seed: int = 0,
     progress: bool = True,
+    options: dict[str, dict[str, Any]] | None = None,
 ) -> list[Path]:
-    """Score ``predictor`` on ``data`` with each task that applies; returns the result files written."""
+    """Score ``predictor`` on ``data`` with each task that applies; returns the result files written.
+
+    options: per task name, its options (``eval.tasks.build_task``); the result records those it ran with.
+    """
     written = []
     for name in tasks:
-        task = build_task(name)
+        task = build_task(name, (options or {}).get(name))
         why_not = task.applies_to(data)
         if why_not is None and predictor.kind == "baseline" and not task.baseline_applies:
             why_not = "the baseline has no physics to test"
@@ -35,6 +40,9 @@ def evaluate(
             continue
         start = time.perf_counter()
         body = task.run(predictor, data, seed=seed, progress=progress)
+        used = task_options(task)
+        if used:
+            body["details"] = {"options": used, **body.get("details", {})}
         record = result_record(
             task.name,
             task.primary_metric,
