@@ -7,6 +7,7 @@ name, kind, path, sha256 of the weights, config, what its forces are).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import json
@@ -25,6 +26,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from data_pipeline.schema import BadInputError, Structure
 from data_pipeline.shards import sha256_of
 from data_pipeline.vocab import LEVELS_OF_THEORY
+from model.atomfm import AtomFM
 from model.checkpoint_io import load_model
 from model.checkpoint_layout import CheckpointFolder, resolve_checkpoint
 from model.predict import Prediction, force_kind, predict_structures
@@ -67,6 +69,7 @@ class CheckpointPredictor:
         self.forces = forces or force_kind(self.model)
         self.max_atoms = max_atoms
         self.name = name or _default_name(folder)
+        self._float64: AtomFM | None = None
 
     def identity(self) -> dict[str, Any]:
         files = CheckpointFolder(self.path)
@@ -105,8 +108,9 @@ class CheckpointPredictor:
         from model.calculator import AtomFMCalculator
 
         level = None if level_of_theory in (None, "none") else level_of_theory
-        model = self.model.double() if self.model.dtype != torch.float64 else self.model
-        return AtomFMCalculator(model, level_of_theory=level, forces=self.forces)
+        if self._float64 is None:  # a copy: the batched predictions keep their own dtype
+            self._float64 = copy.deepcopy(self.model).double()
+        return AtomFMCalculator(self._float64, level_of_theory=level, forces=self.forces)
 
 
 class CalculatorPredictor:
@@ -152,6 +156,7 @@ class CalculatorPredictor:
                     stress = atoms.get_stress(voigt=False)
             except Exception as err:  # a foreign calculator may raise anything on input it does not cover
                 self.failures[f"{type(err).__name__}: {err}"[:200]] += 1
+                calc.reset()  # a calculator that failed mid-way may keep a broken state
                 yield s, None
                 continue
             yield s, Prediction(energy, forces, stress)
