@@ -13,6 +13,7 @@ COMMAND_GROUPS: tuple[tuple[str, str], ...] = (
     ("model", "model.cli"),
     ("train", "train.cli"),
     ("export", "train.export_cli"),
+    ("finetune", "train.finetune_cli"),
     ("eval", "eval.cli"),
     ("leaderboard", "eval.leaderboard.cli"),
 )

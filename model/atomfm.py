@@ -39,6 +39,7 @@ from data_pipeline.vocab import LEVELS_OF_THEORY
 from model.backbone import BackboneConfig, EquivariantTransformer
 from model.heads import HEADS, Head, HeadInput
 from model.long_range import LONG_RANGE_METHODS, Electrostatics
+from model.lora import LoRAConfig, apply_lora
 from model.reference_energies import NUM_ELEMENTS, ReferenceEnergies, table_from_dict
 from model.sizes import backbone_config
 
@@ -67,6 +68,7 @@ class ModelConfig:
     checkpoint says which forces it can serve.
     reference_energies: initial ``{level of theory: {element: eV}}``; fitted tables replace it in the weights.
     main_level_of_theory: what the ASE calculator predicts unless told otherwise.
+    lora: low-rank adapters on the backbone (``model.lora``), present in fine-tuning checkpoints only.
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -79,10 +81,13 @@ class ModelConfig:
     conservative_forces: bool = True
     reference_energies: dict[str, dict[str, float]] = field(default_factory=dict)
     main_level_of_theory: str = "none"
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # adapters while fine-tuning; merged at export
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):
             self.backbone = BackboneConfig.from_dict(self.backbone)
+        if isinstance(self.lora, dict):
+            self.lora = from_mapping(LoRAConfig, self.lora, prefix="lora")
         self.heads = list(self.heads)
         for name in self.heads:
             if name not in HEADS:
@@ -160,6 +165,7 @@ class AtomFM(nn.Module):
             else None
         )
         self.register_buffer("atomic_masses", torch.tensor(atomic_masses[:NUM_ELEMENTS]), persistent=False)
+        apply_lora(self, self.config.lora)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -7,6 +7,7 @@ weights come out of each, are :mod:`model.checkpoint_layout`'s.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from data_pipeline.atomic_files import atomic_path, write_text_atomic
 from data_pipeline.schema import BadInputError
 from model.atomfm import AtomFM, ModelConfig
 from model.checkpoint_layout import MODEL_CONFIG, CheckpointFolder, read_weights
+from model.lora import LoRAConfig, has_lora, merge_lora
 
 # Prefixes a training wrapper may put in front of the model's parameter names.
 WRAPPER_PREFIXES = ("", "module.", "model.", "module.model.", "_orig_mod.", "module._orig_mod.")
@@ -58,7 +60,13 @@ def read_config(path: Path) -> ModelConfig:
 
 
 def save_export(model: AtomFM, out_dir: str | os.PathLike) -> Path:
-    """Write ``model.safetensors`` (float32) and ``model_config.json`` into ``out_dir``, each atomically."""
+    """Write ``model.safetensors`` (float32) and ``model_config.json`` into ``out_dir``, each atomically.
+
+    LoRA adapters are merged into plain weights first (on a copy), so the export loads like any model."""
+    if has_lora(model):
+        model = copy.deepcopy(model)
+        merge_lora(model)
+        model.config.lora = LoRAConfig()
     files = CheckpointFolder(Path(out_dir))
     files.path.mkdir(parents=True, exist_ok=True)
     tensors = {

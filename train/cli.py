@@ -17,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="pretrain the model (DeepSpeed or DDP) from a YAML config",
         description="Pretrain from a YAML config. Any key can be overridden as key.sub=value.",
     )
+    add_run_arguments(p)
+    p.set_defaults(func=main, command="train")
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments `atomfm train` and `atomfm finetune` share."""
     p.add_argument("--config", required=True, help="YAML run config (see configs/pretrain_demo.yaml)")
     p.add_argument(
         "overrides",
@@ -35,7 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-wandb", action="store_true", help="do not log to wandb")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,10 +54,14 @@ def main(args: argparse.Namespace) -> int:
     )
     from train.config import load_config
 
+    command = getattr(args, "command", "train")
+    overrides = list(args.overrides)
+    if getattr(args, "init_from", None):
+        overrides.append(f"model.init_from={args.init_from}")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
     except BadInputError as err:
-        print(f"atomfm train: bad config: {err}", file=sys.stderr)
+        print(f"atomfm {command}: bad config: {err}", file=sys.stderr)
         return 2
     from train.engine.distributed import init_distributed, shutdown_distributed
     from train.trainer import NonFiniteLossError, train
@@ -64,10 +73,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         train(cfg, ctx, resume=args.resume, use_wandb=not args.no_wandb)
     except NonFiniteLossError as err:
-        print(f"atomfm train: stopped: {err}", file=sys.stderr)
+        print(f"atomfm {command}: stopped: {err}", file=sys.stderr)
         return 3
     except BadInputError as err:
-        print(f"atomfm train: {err}", file=sys.stderr)
+        print(f"atomfm {command}: {err}", file=sys.stderr)
         return 2
     finally:
         shutdown_distributed()

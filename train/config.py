@@ -22,6 +22,7 @@ from data_pipeline.schema import DOMAINS, BadInputError
 from data_pipeline.stream import StreamConfig
 from model.atomfm import ModelConfig
 from model.backbone import BackboneConfig
+from train.finetune import FinetuneConfig
 from train.tasks import ENERGY_DERIVATIVE_TASKS, build_tasks
 
 ENGINES = ("deepspeed", "ddp")
@@ -160,6 +161,7 @@ class TrainConfig:
         metadata={"missing": "no data section: set data.corpus to one or more corpus folders"}
     )
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     model: ModelSection = field(default_factory=ModelSection)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -243,8 +245,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
 
 def check_config(cfg: TrainConfig, origin: ConfigOrigin) -> None:
     """Cross-field checks that a type alone cannot express."""
-    for name, problem in cfg.validation.problems().items():
-        raise origin.error(f"validation.{name}", problem)
+    for section, settings in (("validation", cfg.validation), ("finetune", cfg.finetune)):
+        for name, problem in settings.problems().items():
+            raise origin.error(f"{section}.{name}", problem)
+    if cfg.finetune.active and not cfg.model.init_from:
+        raise origin.error(
+            "finetune",
+            "fine-tuning options need weights to start from: set model.init_from (atomfm finetune --from)",
+        )
     if cfg.engine not in ENGINES:
         raise origin.error("engine", f"unknown engine {cfg.engine!r}; expected one of {', '.join(ENGINES)}")
     if cfg.precision not in PRECISIONS:
@@ -285,6 +293,12 @@ def check_config(cfg: TrainConfig, origin: ConfigOrigin) -> None:
             "tasks", "no task enabled: add at least one task (e.g. denoise, forces) under tasks"
         )
     check_model_settings(cfg, origin)
+    heads = cfg.model_config().heads
+    for name in cfg.finetune.reinit_heads:
+        if name not in heads:
+            raise origin.error(
+                "finetune.reinit_heads", f"the model has no head {name!r}; its heads: {', '.join(heads)}"
+            )
     enabled = [task.name for task in build_tasks(cfg.tasks, origin)]
     if not enabled:
         raise origin.error("tasks", "every task has weight 0: enable at least one")

@@ -43,7 +43,8 @@ def load_initial_weights(model: AtomFM, path: str | os.PathLike) -> list[str]:
     if folder.is_dir() and not CheckpointFolder(folder).model_config.is_file():
         folder = resolve_checkpoint(folder)
     source = load_model(folder, dtype=torch.float32)
-    theirs, ours = source.state_dict(), model.state_dict()
+    ours = model.state_dict()
+    theirs = {_adapted_name(name, ours): tensor for name, tensor in source.state_dict().items()}
     for name, tensor in theirs.items():
         if name in ours and ours[name].shape != tensor.shape:
             raise BadInputError(
@@ -66,6 +67,15 @@ def load_initial_weights(model: AtomFM, path: str | os.PathLike) -> list[str]:
             if name in ours:
                 ours[name].copy_(tensor)
     return fresh
+
+
+def _adapted_name(name: str, ours: dict[str, torch.Tensor]) -> str:
+    """A plain weight's name in a model whose weight carries LoRA adapters (``...parametrizations.weight.original``)."""
+    if name.endswith(".weight") and name not in ours:
+        adapted = f"{name[: -len('weight')]}parametrizations.weight.original"
+        if adapted in ours:
+            return adapted
+    return name
 
 
 def _config_difference(a: AtomFM, b: AtomFM) -> str:

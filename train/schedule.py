@@ -45,4 +45,8 @@ class WarmupCosine(LRScheduler):
             total_steps=self.total_steps,
             min_ratio=self.min_ratio,
         )
-        return [base * factor for base in self.base_lrs]
+        step = self.last_epoch
+        return [
+            base * factor * group.get("lr_scale", 1.0) * (step >= group.get("train_from", 0))
+            for base, group in zip(self.base_lrs, self.optimizer.param_groups, strict=True)
+        ]

@@ -38,6 +38,7 @@ from train.checkpoint import CheckpointManager
 from train.config import ConfigOrigin, TrainConfig, save_resolved_config
 from train.engine import TrainEngine, build_engine
 from train.engine.distributed import DistContext
+from train.finetune import reinit_heads
 from train.logging import RunLogger, peak_memory_gib
 from train.loss_balance import BalancedLoss, balance_losses
 from train.run_setup import build_ema, build_model, build_stream, fit_reference_energies, load_initial_weights
@@ -157,7 +158,14 @@ class Trainer:
         seed_everything(cfg.run.seed)
         model = build_model(cfg)
         if resume_from is None and cfg.model.init_from:
-            load_initial_weights(model, cfg.model.init_from)
+            fresh = load_initial_weights(model, cfg.model.init_from)
+            reinit_heads(model, cfg.finetune.reinit_heads)
+            if ctx.is_main:
+                print(
+                    f"started from the weights of {cfg.model.init_from}"
+                    + (f"; {len(fresh)} tensors not in it keep their initialisation" if fresh else ""),
+                    flush=True,
+                )
         if resume_from is None and cfg.model.fit_reference_energies:
             self._fit_reference_energies(model)
         self.stream = build_stream(cfg.data, ctx)

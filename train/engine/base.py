@@ -43,13 +43,33 @@ class TrainEngine(Protocol):
     def load(self, directory: Path) -> None: ...
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices, none on biases, norms and other 1-D parameters."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def parameter_groups(
+    model: nn.Module, weight_decay: float, plan: dict[str, tuple[float, int]] | None = None
+) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices, none on biases, norms and other 1-D parameters; with a
+    fine-tuning ``plan`` (name → (learning-rate scale, first step it trains), ``train.finetune``), one group
+    per (decay, scale, first step), carrying ``lr_scale`` and ``train_from`` for the schedule."""
+    groups: dict[tuple[bool, float, int], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            scale, start = (plan or {}).get(name, (1.0, 0))
+            groups.setdefault((p.ndim >= 2, scale, start), []).append(p)
+    if plan is None:
+        return [
+            {"params": groups.get((decay, 1.0, 0), []), "weight_decay": weight_decay if decay else 0.0}
+            for decay in (True, False)
+        ]
+    return [
+        {
+            "params": params,
+            "weight_decay": weight_decay if decay else 0.0,
+            "lr_scale": scale,
+            "train_from": start,
+        }
+        for (decay, scale, start), params in sorted(
+            groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1], kv[0][2])
+        )
+    ]
 
 
 def global_grad_norm(parameters: list[nn.Parameter]) -> float:

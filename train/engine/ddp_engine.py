@@ -15,6 +15,7 @@ from model.checkpoint_layout import CheckpointFolder
 from train.config import TrainConfig
 from train.engine.base import global_grad_norm, parameter_groups
 from train.engine.distributed import DistContext
+from train.finetune import optimizer_plan
 from train.schedule import WarmupCosine
 
 
@@ -34,7 +35,10 @@ class DDPEngine:
         )
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.module, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps
+            parameter_groups(self.module, o.weight_decay, optimizer_plan(self.module, cfg.finetune)),
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
         )
         self.scheduler = WarmupCosine(
             self.optimizer,

@@ -20,6 +20,7 @@ from model.checkpoint_layout import DEEPSPEED_TAG, CheckpointFolder
 from train.config import TrainConfig
 from train.engine.base import global_grad_norm, parameter_groups
 from train.engine.distributed import DistContext
+from train.finetune import optimizer_plan
 from train.schedule import WarmupCosine
 
 
@@ -77,7 +78,7 @@ class DeepSpeedEngine:
 
         self.engine, _, _, _ = deepspeed.initialize(
             model=model.to(ctx.device),
-            model_parameters=parameter_groups(model, o.weight_decay),
+            model_parameters=parameter_groups(model, o.weight_decay, optimizer_plan(model, cfg.finetune)),
             lr_scheduler=scheduler,
             config=deepspeed_config(cfg),
             dist_init_required=False,

@@ -1,0 +1,149 @@
+"""Fine-tuning: from a checkpoint's weights (ZeRO-3 shards or their export give the same first loss), frozen and
+unfrozen backbones, layer-wise learning rates, LoRA adapters merged at export."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from stream_corpus import crystals, molecules, write_corpus
+
+from model.checkpoint_io import load_model
+from model.checkpoint_layout import list_checkpoints
+from model.lora import is_adapter
+from train.config import load_config
+from train.engine.base import parameter_groups
+from train.finetune import FinetuneConfig, learning_plan
+from train.logging import read_metrics
+from train.run_setup import build_model
+from train.schedule import WarmupCosine
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"channels": 16, "num_layers": 2, "num_heads": 2, "attn_channels": 8, "ffn_channels": 16, "lmax": 2,
+        "mmax": 1, "cutoff": 4.5, "num_rbf": 8, "radial_channels": 16}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    write_corpus(folder, molecules(24) + crystals(16), shard_size=8)
+    return folder
+
+
+def config(corpus: Path, out: Path, **sections) -> Path:
+    cfg = {
+        "run": {"out_dir": str(out), "max_steps": 3, "log_every": 1, "checkpoint_every": 100, "progress_bar": False},
+        "data": {"corpus": [str(corpus)], "max_atoms": 64, "cutoff": 4.5, "shuffle_buffer": 8, "num_workers": 0},
+        "model": {"size": "tiny", "overrides": TINY, "conservative_forces": False},
+        "tasks": {"energy": {}, "forces": {}},
+        "optim": {"lr": 3e-3, "warmup_steps": 0, "ema_decay": 0.0},
+        "engine": "ddp",
+        "logging": {"wandb": False},
+    }
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values} if isinstance(values, dict) else values
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def atomfm(*args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
+    command = (launcher or [sys.executable, "-m", "launch.cli"]) + list(args)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus, tmp_path_factory) -> Path:
+    """A ZeRO-3 DeepSpeed checkpoint (direct forces) and its export."""
+    base = tmp_path_factory.mktemp("pretrained")
+    path = config(corpus, base / "zero3", engine="deepspeed", deepspeed={"zero_stage": 3})
+    atomfm("train", "--config", str(path))
+    atomfm("export", str(base / "zero3"), "--out", str(base / "zero3" / "export"))
+    return base / "zero3"
+
+
+def first_loss(run: Path) -> float:
+    return read_metrics(run)[0]["loss"]
+
+
+def test_finetuning_from_zero3_shards_and_from_their_export_gives_the_same_first_loss(pretrained, corpus, tmp_path):
+    losses = []
+    for name, source in (("from_shards", list_checkpoints(pretrained)[-1]), ("from_export", pretrained / "export")):
+        atomfm("finetune", "--from", str(source), "--config", str(config(corpus, tmp_path / name)),
+               "run.max_steps=1")
+        losses.append(first_loss(tmp_path / name))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+def test_a_frozen_backbone_stays_put_until_it_is_unfrozen(pretrained, corpus, tmp_path):
+    start = load_model(pretrained / "export").state_dict()
+    frozen = tmp_path / "frozen"
+    atomfm("finetune", "--from", str(pretrained / "export"),
+           "--config", str(config(corpus, frozen, finetune={"freeze_backbone": True})))
+    after = load_model(list_checkpoints(frozen)[-1]).state_dict()
+    for name, tensor in start.items():
+        if name.startswith("backbone."):
+            torch.testing.assert_close(after[name], tensor, rtol=0, atol=0, msg=name)
+    assert not torch.equal(after["heads.energy.mlp.0.weight"], start["heads.energy.mlp.0.weight"])
+
+    thawed = tmp_path / "thawed"
+    atomfm("finetune", "--from", str(pretrained / "export"),
+           "--config", str(config(corpus, thawed, finetune={"freeze_backbone": True, "unfreeze_after": 2})))
+    after = load_model(list_checkpoints(thawed)[-1]).state_dict()
+    assert not torch.equal(after["backbone.blocks.0.attention.output.weight"],
+                           start["backbone.blocks.0.attention.output.weight"])
+
+
+def test_layer_wise_learning_rates_decay_towards_the_embeddings(corpus, tmp_path):
+    cfg = load_config(config(corpus, tmp_path / "r"))
+    model = build_model(cfg)
+    plan = learning_plan(model, FinetuneConfig(layer_lr_decay=0.5, freeze_layers=1, unfreeze_after=10), 2)
+    assert plan["heads.energy.mlp.0.weight"] == (1.0, 0)
+    assert plan["backbone.blocks.1.attention.output.weight"] == (0.5, 0)
+    assert plan["backbone.blocks.0.attention.output.weight"] == (0.25, 10)  # frozen: embeddings + block 0
+    assert plan["backbone.conditioning.element.weight"] == (0.125, 10)
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.01, plan), lr=1e-3)
+    schedule = WarmupCosine(optimizer, warmup_steps=0, total_steps=100, min_ratio=1.0)
+    rates = {(g["lr_scale"], g["train_from"]): g["lr"] for g in optimizer.param_groups}
+    assert rates[(1.0, 0)] == pytest.approx(1e-3) and rates[(0.5, 0)] == pytest.approx(5e-4)
+    assert rates[(0.25, 10)] == 0.0
+    for _ in range(10):
+        optimizer.step()
+        schedule.step()
+    rates = {(g["lr_scale"], g["train_from"]): g["lr"] for g in optimizer.param_groups}
+    assert rates[(0.25, 10)] == pytest.approx(2.5e-4) and rates[(0.125, 10)] == pytest.approx(1.25e-4)
+
+
+def test_lora_finetuning_trains_adapters_only_and_exports_a_plain_model(pretrained, corpus, tmp_path):
+    run = tmp_path / "lora"
+    atomfm("finetune", "--from", str(pretrained / "export"),
+           "--config", str(config(corpus, run, model={"overrides": {**TINY, "lora": {"rank": 4}}})))
+    checkpoint = list_checkpoints(run)[-1]
+    adapted = load_model(checkpoint, dtype=torch.float64)
+    names = [n for n, _ in adapted.named_parameters()]
+    assert any(is_adapter(n) for n in names)
+    start = load_model(pretrained / "export").state_dict()
+    base = dict(adapted.named_parameters())["backbone.blocks.0.attention.output.parametrizations.weight.original"]
+    torch.testing.assert_close(base.float(), start["backbone.blocks.0.attention.output.weight"], rtol=0, atol=0)
+
+    atomfm("export", str(run), "--out", str(run / "export"))
+    plain = load_model(run / "export", dtype=torch.float64)
+    assert not any(is_adapter(n) for n, _ in plain.named_parameters())
+    assert json.loads((run / "export" / "model_config.json").read_text())["lora"]["rank"] == 0
+    from model_fixtures import alanine, batch_of
+
+    batch = batch_of(alanine(), cutoff=4.5)
+    torch.testing.assert_close(plain(batch, ("energy",))["energy"], adapted(batch, ("energy",))["energy"],
+                               rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(plain.state_dict()["backbone.blocks.0.attention.output.weight"].float(),
+                              start["backbone.blocks.0.attention.output.weight"])
