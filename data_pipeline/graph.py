@@ -10,7 +10,7 @@ from torch_geometric.data import Data
 
 from data_pipeline.neighbours import radius_graph_pbc
 from data_pipeline.schema import Structure
-from data_pipeline.vocab import domain_index, level_index
+from data_pipeline.vocab import LEVELS_OF_THEORY, domain_index, level_index
 
 HASH_MASK = (1 << 63) - 1
 
@@ -21,9 +21,12 @@ def group_hash(group_id: str) -> int:
     return int.from_bytes(digest, "little") & HASH_MASK
 
 
-def structure_to_graph(s: Structure, cutoff: float) -> Data:
+def structure_to_graph(
+    s: Structure, cutoff: float, levels: tuple[str, ...] | list[str] = LEVELS_OF_THEORY
+) -> Data:
     """The graph of ``s`` under a neighbour-list cutoff (Å); per-structure fields have a leading dimension 1.
 
+    ``levels``: the vocabulary the level of theory is indexed in (the model's; default the built-in one).
     A structure without a group id is its own group (its key is hashed). ``cell`` is zero when no direction is
     periodic; absent labels are zeros with ``has_*`` false.
     """
@@ -49,7 +52,7 @@ def structure_to_graph(s: Structure, cutoff: float) -> Data:
         cell_offsets=shifts.to(torch.float32),
         charge=torch.tensor([s.charge], dtype=torch.int64),
         spin=torch.tensor([s.spin], dtype=torch.int64),
-        level_of_theory=torch.tensor([level_index(s.level_of_theory)], dtype=torch.int64),
+        level_of_theory=torch.tensor([level_index(s.level_of_theory, levels)], dtype=torch.int64),
         domain=torch.tensor([domain_index(s.domain)], dtype=torch.int64),
         energy=torch.tensor([0.0 if s.energy is None else s.energy], dtype=torch.float32),
         forces=torch.from_numpy(forces.copy()),

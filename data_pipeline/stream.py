@@ -40,6 +40,7 @@ from data_pipeline.stream_plan import (
     shard_reads_in_epoch,
     splits_by_shard,
 )
+from data_pipeline.vocab import LEVELS_OF_THEORY
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class StreamConfig:
     repeat: bool = True  # endless (a new shuffle every pass) vs one pass (every sample exactly once)
     num_workers: int = 2  # DataLoader worker processes per rank (0: read in the main process)
     skip_oversize: bool = False  # drop structures over max_atoms / max_edges instead of batching them alone
+    levels_of_theory: list[str] | None = (
+        None  # vocabulary levels are indexed in (the trainer sets the model's)
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.corpus, str | os.PathLike):
@@ -451,7 +455,7 @@ class _Readers(IterableDataset):
                 stats.skip("natoms_mismatch", f"{fetched.where} ({s.key})")
                 continue
             try:
-                graphs.append(structure_to_graph(s, cfg.cutoff))
+                graphs.append(structure_to_graph(s, cfg.cutoff, cfg.levels_of_theory or LEVELS_OF_THEORY))
             except (ValueError, RuntimeError) as err:
                 log.warning("skipped %s (%s): no neighbour list: %s", s.key, fetched.where, err)
                 stats.skip("no_graph", f"{fetched.where} ({s.key})")

@@ -1,6 +1,9 @@
-"""Fixed vocabularies the model embeds: domains and levels of theory.
+"""Vocabularies the model embeds: domains and levels of theory.
 
-Indices are part of every checkpoint's meaning: append new names, never reorder.
+``LEVELS_OF_THEORY`` is the built-in vocabulary every new model starts from. A model's own vocabulary
+(``ModelConfig.levels_of_theory``, recorded in its checkpoint) is this one plus any level its training or
+fine-tuning data named (a user's own DFT, ωB97X-D/def2-TZVP, ...), appended: indices are part of every
+checkpoint's meaning, so names are only ever appended, never reordered.
 """
 
 from __future__ import annotations
@@ -32,7 +35,19 @@ def domain_index(name: str) -> int:
         raise ValueError(f"unknown domain {name!r}; expected one of {', '.join(DOMAINS)}") from None
 
 
-def level_index(name: str) -> int:
-    """Index of a level of theory (case-insensitive); unknown names map to ``other``."""
-    key = (name or "none").lower()
-    return LEVELS_OF_THEORY.index(key) if key in LEVELS_OF_THEORY else LEVELS_OF_THEORY.index("other")
+def level_key(name: str | None) -> str:
+    """The vocabulary's spelling of a level name (lower case; empty is ``none``)."""
+    return (name or "none").strip().lower()
+
+
+def level_index(name: str, levels: tuple[str, ...] | list[str] = LEVELS_OF_THEORY) -> int:
+    """Index of a level of theory in ``levels`` (case-insensitive); a name not in it maps to ``other``."""
+    key = level_key(name)
+    return levels.index(key) if key in levels else levels.index("other")
+
+
+def extend_levels(levels: tuple[str, ...] | list[str], names: list[str] | set[str]) -> list[str]:
+    """``levels`` with every name of ``names`` it lacks appended (sorted, so the result is reproducible)."""
+    out = list(levels)
+    out += sorted({level_key(n) for n in names} - set(out))
+    return out

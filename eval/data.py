@@ -20,7 +20,6 @@ from data_pipeline.manifest import manifest_path, read_manifest
 from data_pipeline.readers import ReaderOptions, read_structures
 from data_pipeline.schema import BadInputError, Structure
 from data_pipeline.shards import sha256_of
-from data_pipeline.vocab import LEVELS_OF_THEORY
 
 
 @dataclass
@@ -77,11 +76,6 @@ def load_eval_data(
     """Structures of ``sources`` (corpus folders, or files); ``max_structures`` takes a seeded random subset."""
     if not sources:
         raise BadInputError("no data given: name a corpus folder or a labelled file", field="data")
-    if level_of_theory is not None and level_of_theory.lower() not in LEVELS_OF_THEORY:
-        raise BadInputError(
-            f"unknown level of theory {level_of_theory!r}; expected one of {', '.join(LEVELS_OF_THEORY)}",
-            field="level_of_theory",
-        )
     corpora = [s for s in sources if is_corpus(s)]
     files = [s for s in sources if not is_corpus(s)]
     structures: list[Structure] = []

@@ -25,7 +25,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from data_pipeline.schema import BadInputError, Structure
 from data_pipeline.shards import sha256_of
-from data_pipeline.vocab import LEVELS_OF_THEORY
+from data_pipeline.vocab import LEVELS_OF_THEORY, extend_levels, level_index
 from model.atomfm import AtomFM
 from model.checkpoint_io import load_model
 from model.checkpoint_layout import CheckpointFolder, resolve_checkpoint
@@ -89,6 +89,14 @@ class CheckpointPredictor:
     def _level(self, s: Structure) -> Structure:
         if s.level_of_theory == "none":
             return replace(s, level_of_theory=self.model.config.main_level_of_theory)
+        if s.level_of_theory not in self.model.config.levels_of_theory:
+            raise BadInputError(
+                f"the checkpoint was not trained at level {s.level_of_theory!r}; it knows "
+                f"{', '.join(self.model.config.levels_of_theory)} (fine-tune it on data of that level)",
+                path=str(self.path),
+                record=s.key,
+                field="level_of_theory",
+            )
         return s
 
     def predict(self, structures: Iterable[Structure]) -> Iterator[tuple[Structure, Prediction]]:
@@ -179,8 +187,9 @@ class ReferenceBaseline:
                 levels.append(s.level_of_theory)
         if not energies:
             raise BadInputError("no energy labels to fit the reference-energy baseline on", path=fitted_on)
+        self.levels = extend_levels(LEVELS_OF_THEORY, set(levels))
         self.table = fit_reference_energies_from_arrays(
-            numbers, energies, levels, num_levels=len(LEVELS_OF_THEORY)
+            numbers, energies, levels, vocabulary=self.levels
         ).numpy()
         self.fitted_on, self.structures, self.name = fitted_on, len(energies), name
 
@@ -197,7 +206,7 @@ class ReferenceBaseline:
 
     def energy(self, s: Structure) -> float:
         return float(
-            self.table[LEVELS_OF_THEORY.index(s.level_of_theory), np.asarray(s.atomic_numbers)].sum()
+            self.table[level_index(s.level_of_theory, self.levels), np.asarray(s.atomic_numbers)].sum()
         )
 
     def predict(self, structures: Iterable[Structure]) -> Iterator[tuple[Structure, Prediction]]:
@@ -206,7 +215,7 @@ class ReferenceBaseline:
             yield s, Prediction(self.energy(s), np.zeros((s.num_atoms, 3)), stress)
 
     def calculator(self, level_of_theory: str | None = None) -> Calculator:
-        return _TableCalculator(self.table[LEVELS_OF_THEORY.index(level_of_theory or "none")])
+        return _TableCalculator(self.table[level_index(level_of_theory or "none", self.levels)])
 
 
 class _TableCalculator(Calculator):

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from data_pipeline.batch import AtomBatch
 from data_pipeline.config_mapping import from_mapping
 from data_pipeline.schema import BadInputError
-from data_pipeline.vocab import LEVELS_OF_THEORY
+from data_pipeline.vocab import LEVELS_OF_THEORY, level_key
 from model.backbone import BackboneConfig, EquivariantTransformer
 from model.heads import HEADS, Head, HeadInput
 from model.long_range import LONG_RANGE_METHODS, Electrostatics
@@ -68,6 +68,8 @@ class ModelConfig:
     checkpoint says which forces it can serve.
     reference_energies: initial ``{level of theory: {element: eV}}``; fitted tables replace it in the weights.
     main_level_of_theory: what the ASE calculator predicts unless told otherwise.
+    levels_of_theory: the model's vocabulary of levels (the built-in one plus any its data named, appended);
+    ``backbone.num_levels`` is its length.
     lora: low-rank adapters on the backbone (``model.lora``), present in fine-tuning checkpoints only.
     """
 
@@ -81,6 +83,7 @@ class ModelConfig:
     conservative_forces: bool = True
     reference_energies: dict[str, dict[str, float]] = field(default_factory=dict)
     main_level_of_theory: str = "none"
+    levels_of_theory: list[str] = field(default_factory=lambda: list(LEVELS_OF_THEORY))
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # adapters while fine-tuning; merged at export
 
     def __post_init__(self) -> None:
@@ -119,10 +122,23 @@ class ModelConfig:
                 f"{self.backbone.cutoff} Å]: damped pairs come from the model's edges",
                 field="long_range_damping",
             )
-        if self.main_level_of_theory.lower() not in LEVELS_OF_THEORY:
+        self.levels_of_theory = [level_key(n) for n in self.levels_of_theory]
+        if self.levels_of_theory[: len(LEVELS_OF_THEORY)] != list(LEVELS_OF_THEORY):
+            raise BadInputError(
+                "levels_of_theory must start with the built-in vocabulary (data_pipeline.vocab); new levels are "
+                "appended",
+                field="levels_of_theory",
+            )
+        if len(self.levels_of_theory) != self.backbone.num_levels:
+            raise BadInputError(
+                f"{len(self.levels_of_theory)} levels of theory but backbone.num_levels is "
+                f"{self.backbone.num_levels}",
+                field="levels_of_theory",
+            )
+        if self.main_level_of_theory.lower() not in self.levels_of_theory:
             raise BadInputError(
                 f"unknown main_level_of_theory {self.main_level_of_theory!r}; "
-                f"expected one of {', '.join(LEVELS_OF_THEORY)}",
+                f"expected one of {', '.join(self.levels_of_theory)}",
                 field="main_level_of_theory",
             )
 
@@ -142,7 +158,12 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     fields go to the backbone (``model_config("small", lmax=4, long_range=False)``)."""
     own = {f.name for f in dataclasses.fields(ModelConfig)} - {"backbone"}
     model_overrides = {k: v for k, v in overrides.items() if k in own}
-    backbone = backbone_config(name, **{k: v for k, v in overrides.items() if k not in own})
+    backbone_overrides = {k: v for k, v in overrides.items() if k not in own}
+    if "levels_of_theory" in model_overrides and isinstance(
+        model_overrides["levels_of_theory"], list | tuple
+    ):
+        backbone_overrides.setdefault("num_levels", len(model_overrides["levels_of_theory"]))
+    backbone = backbone_config(name, **backbone_overrides)
     return from_mapping(ModelConfig, {"backbone": backbone, **copy.deepcopy(model_overrides)})
 
 
@@ -156,7 +177,9 @@ class AtomFM(nn.Module):
         self.backbone = EquivariantTransformer(bb)
         self.heads = nn.ModuleDict({name: self._build_head(name) for name in self.config.heads})
         self.reference_energies = ReferenceEnergies(bb.num_levels)
-        self.reference_energies.set_table(table_from_dict(self.config.reference_energies, bb.num_levels))
+        self.reference_energies.set_table(
+            table_from_dict(self.config.reference_energies, self.config.levels_of_theory)
+        )
         self.electrostatics = (
             Electrostatics(
                 self.config.long_range_method, self.config.long_range_smearing, self.config.long_range_damping

@@ -63,9 +63,10 @@ class AtomFMCalculator(Calculator):
         if forces not in FORCE_MODES:
             raise ValueError(f"forces must be one of {', '.join(FORCE_MODES)}, got {forces!r}")
         level = (level_of_theory or model.config.main_level_of_theory).lower()
-        if level not in LEVELS_OF_THEORY:
+        if level not in model.config.levels_of_theory:
             raise ValueError(
-                f"unknown level of theory {level_of_theory!r}; expected one of {', '.join(LEVELS_OF_THEORY)}"
+                f"unknown level of theory {level_of_theory!r}; this model knows "
+                f"{', '.join(model.config.levels_of_theory)}"
             )
         if domain is not None and domain not in DOMAINS:
             raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
@@ -156,6 +157,7 @@ class AtomFMCalculator(Calculator):
             domain=self.domain,
             dtype=self.model.dtype,
             device=self.model.reference_energies.energies.device,
+            levels=self.model.config.levels_of_theory,
         )
 
 
@@ -168,6 +170,7 @@ def atoms_to_batch(
     domain: str | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
+    levels: tuple[str, ...] | list[str] = LEVELS_OF_THEORY,
 ) -> Batch:
     """A batch (``docs/batch.md``) of ASE structures, built by the data pipeline (validation, neighbour list
     with periodic images under ``cutoff`` Å), with positions and cells in ``dtype``.
@@ -193,7 +196,7 @@ def atoms_to_batch(
                 per_atom={} if residues is None else {"residue_index": np.asarray(residues, dtype=np.int64)},
             )
         )
-        graph = structure_to_graph(structure, cutoff)
+        graph = structure_to_graph(structure, cutoff, levels)
         graph.pos = torch.as_tensor(atoms.positions, dtype=dtype)
         graph.cell = torch.as_tensor(atoms.cell.array if periodic else np.zeros((3, 3)), dtype=dtype).reshape(
             1, 3, 3

@@ -65,7 +65,8 @@ def predict_structures(
 def _predict_batch(
     model: AtomFM, structures: list[Structure], kind: str, stress: bool, cutoff: float, device: torch.device
 ) -> Iterator[tuple[Structure, Prediction]]:
-    batch = Batch.from_data_list([structure_to_graph(s, cutoff) for s in structures]).to(device)
+    levels = model.config.levels_of_theory
+    batch = Batch.from_data_list([structure_to_graph(s, cutoff, levels) for s in structures]).to(device)
     batch.pos = batch.pos.to(model.dtype)
     batch.cell = batch.cell.to(model.dtype)
     periodic = any(s.is_periodic for s in structures)

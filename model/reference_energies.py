@@ -99,9 +99,12 @@ def fit_reference_energies_from_arrays(
     atomic_numbers: Sequence[np.ndarray],
     energies: Sequence[float],
     levels: Sequence[str | int],
-    num_levels: int = len(LEVELS_OF_THEORY),
+    num_levels: int | None = None,
+    vocabulary: Sequence[str] = LEVELS_OF_THEORY,
 ) -> Tensor:
-    """Fit the table from per-structure arrays: atomic numbers [N_s], energy (eV), level (name or index)."""
+    """Fit the table [len(vocabulary), 119] (or [num_levels, 119]) from per-structure arrays: atomic numbers
+    [N_s], energy (eV), level (a name in ``vocabulary``, or an index)."""
+    num_levels = len(vocabulary) if num_levels is None else num_levels
     if not len(atomic_numbers) == len(energies) == len(levels):
         raise ValueError(
             f"got {len(atomic_numbers)} structures, {len(energies)} energies and "
@@ -113,31 +116,36 @@ def fit_reference_energies_from_arrays(
             for z in atomic_numbers
         ]
     )
-    level_ids = np.array([lv if isinstance(lv, (int, np.integer)) else level_index(lv) for lv in levels])
+    level_ids = np.array(
+        [lv if isinstance(lv, (int, np.integer)) else level_index(lv, list(vocabulary)) for lv in levels]
+    )
     fit = CompositionLeastSquares(num_levels)
     fit.add(counts, np.asarray(energies, dtype=np.float64), level_ids)
     return fit.solve()
 
 
-def table_from_dict(values: Mapping[str, Mapping[str, float]], num_levels: int) -> Tensor:
-    """``{level name: {element symbol: eV}}`` → table [num_levels, 119]; unknown names raise ValueError."""
-    table = torch.zeros(num_levels, NUM_ELEMENTS, dtype=torch.float64)
+def table_from_dict(
+    values: Mapping[str, Mapping[str, float]], levels: int | Sequence[str] = LEVELS_OF_THEORY
+) -> Tensor:
+    """``{level name: {element symbol: eV}}`` → table [len(levels), 119] (``levels``: the vocabulary, or a
+    number of the built-in one's first levels); unknown names raise ValueError."""
+    names = list(LEVELS_OF_THEORY[:levels]) if isinstance(levels, int) else list(levels)
+    table = torch.zeros(len(names), NUM_ELEMENTS, dtype=torch.float64)
     for level, per_element in values.items():
-        if level.lower() not in LEVELS_OF_THEORY[:num_levels]:
+        if level.lower() not in names:
             raise ValueError(
-                f"reference_energies: unknown level of theory {level!r}; "
-                f"expected one of {', '.join(LEVELS_OF_THEORY[:num_levels])}"
+                f"reference_energies: unknown level of theory {level!r}; expected one of {', '.join(names)}"
             )
         for symbol, energy in per_element.items():
             if symbol not in ELEMENT_NUMBERS or ELEMENT_NUMBERS[symbol] == 0:
                 raise ValueError(f"reference_energies[{level!r}]: unknown element symbol {symbol!r}")
-            table[level_index(level), ELEMENT_NUMBERS[symbol]] = float(energy)
+            table[level_index(level, names), ELEMENT_NUMBERS[symbol]] = float(energy)
     return table
 
 
-def table_to_dict(table: Tensor) -> dict[str, dict[str, float]]:
+def table_to_dict(table: Tensor, levels: Sequence[str] = LEVELS_OF_THEORY) -> dict[str, dict[str, float]]:
     """Inverse of :func:`table_from_dict`, listing only the non-zero entries (JSON-serialisable)."""
     out: dict[str, dict[str, float]] = {}
     for level, z in torch.nonzero(table).tolist():
-        out.setdefault(LEVELS_OF_THEORY[level], {})[chemical_symbols[z]] = float(table[level, z])
+        out.setdefault(levels[level], {})[chemical_symbols[z]] = float(table[level, z])
     return out

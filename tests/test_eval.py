@@ -183,7 +183,6 @@ def test_structure_bootstrap_is_wider_than_an_atom_bootstrap_would_be():
         (["--tasks", "acuracy"], "did you mean 'accuracy'"),
         (["--calculator", "ase.calculators.emt"], "module:factory"),
         (["--calculator", "no_such_module:Calc"], "no_such_module"),
-        (["--level-of-theory", "b3lyp-d9"], "b3lyp-d9"),
     ],
 )
 def test_bad_eval_arguments_are_named(labelled_file, tmp_path, capsys, argv, message):
@@ -192,6 +191,13 @@ def test_bad_eval_arguments_are_named(labelled_file, tmp_path, capsys, argv, mes
         base += ["--baseline"]
     assert atomfm(base + argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_level_the_checkpoint_does_not_know_is_named(labelled_file, export, tmp_path, capsys):
+    assert atomfm(["eval", "--checkpoint", str(export), "--data", str(labelled_file), "--level-of-theory",
+                   "b3lyp-d9", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "b3lyp-d9" in err and "gfn2-xtb" in err
 
 
 def test_missing_data_and_checkpoint_are_named(labelled_file, tmp_path, capsys):

@@ -147,3 +147,44 @@ def test_lora_finetuning_trains_adapters_only_and_exports_a_plain_model(pretrain
                                rtol=1e-6, atol=1e-6)
     assert not torch.allclose(plain.state_dict()["backbone.blocks.0.attention.output.weight"].float(),
                               start["backbone.blocks.0.attention.output.weight"])
+
+
+def test_a_new_level_of_theory_grows_the_vocabulary_and_keeps_the_old_tables(pretrained, corpus, tmp_path):
+    from dataclasses import replace
+
+    from data_pipeline.corpus_reader import read_split
+    from model.calculator import AtomFMCalculator
+    from model_fixtures import water
+
+    new_corpus = tmp_path / "user_dft"
+    # the user's own level: EMT-labelled structures under a name the model has never seen
+    structures = [replace(s, level_of_theory="my-dft/def2-tzvp") for s in read_split([str(corpus)], "train")]
+    write_corpus(new_corpus, structures, shard_size=8)
+    run = tmp_path / "new_level"
+    atomfm("finetune", "--from", str(pretrained / "export"),
+           "--config", str(config(new_corpus, run, optim={"lr": 1e-3})), "run.max_steps=2")
+    before, after = load_model(pretrained / "export"), load_model(list_checkpoints(run)[-1])
+    old = before.config.levels_of_theory
+    assert after.config.levels_of_theory == [*old, "my-dft/def2-tzvp"]
+    new_row = len(old)
+    torch.testing.assert_close(after.reference_energies.energies[:new_row], before.reference_energies.energies)
+    assert after.reference_energies.energies[new_row].abs().sum() > 0  # fitted on the new level's data
+    emt = old.index("emt")
+    assert not torch.equal(after.reference_energies.energies[new_row], before.reference_energies.energies[emt])
+
+    atomfm("export", str(run), "--out", str(run / "export"))
+    molecule = water()
+    energies = {}
+    for level in ("my-dft/def2-tzvp", "emt", "gfn2-xtb"):
+        molecule.calc = AtomFMCalculator.from_checkpoint(run / "export", level_of_theory=level)
+        energies[level] = molecule.get_potential_energy()
+    assert len(set(energies.values())) == 3
+
+
+def test_a_new_level_starts_from_the_nearest_known_name():
+    from data_pipeline.vocab import LEVELS_OF_THEORY
+    from train.run_setup import nearest_level
+
+    assert nearest_level("wb97x-d/def2-tzvp", list(LEVELS_OF_THEORY)) == "wb97x-d"
+    assert nearest_level("pbe0", list(LEVELS_OF_THEORY)) == "pbe"
+    assert nearest_level("my-dft", list(LEVELS_OF_THEORY)) is None

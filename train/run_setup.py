@@ -4,30 +4,65 @@ to start from), its reference-energy fit, the stream, the EMA. The trainer and f
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from data_pipeline.schema import BadInputError
+from data_pipeline.schema import BadInputError, Structure
 from data_pipeline.stream import StreamConfig, StructureStream
-from model.atomfm import AtomFM, ModelConfig
-from model.checkpoint_io import load_model
+from data_pipeline.vocab import extend_levels, level_index
+from model.atomfm import AtomFM, ModelConfig, model_config
+from model.checkpoint_io import load_model, read_config
 from model.checkpoint_layout import CheckpointFolder, resolve_checkpoint
-from train.config import TrainConfig
+from model.predict import predict_structures
+from train.config import TRAINING_SWITCHES, TrainConfig
 from train.ema import ParameterEMA
 from train.engine.distributed import DistContext
-from train.reference_fit import ReferenceFit, fit_reference_energies_on_corpus, main_level_of_theory
+from train.reference_fit import (
+    ReferenceFit,
+    corpus_levels,
+    fit_reference_energies_on_corpus,
+    main_level_of_theory,
+)
 
 
 def resolved_model_config(cfg: TrainConfig) -> ModelConfig:
-    """The run's model config; unless it names the ``main_level_of_theory``, the corpus's most common one,
-    so a checkpoint's calculator answers as, say, GFN2-xTB rather than at the unlabelled level."""
-    model_cfg = cfg.model_config()
+    """The run's model config.
+
+    Its vocabulary of levels of theory is the checkpoint's it starts from (``model.init_from``) or the
+    built-in one, plus every level the training split names that it lacks (a new level gets a conditioning
+    row and a reference-energy row). Unless the config names the ``main_level_of_theory``, it is the corpus's
+    most common one, so a checkpoint's calculator answers as, say, GFN2-xTB rather than at the unlabelled
+    level."""
+    overrides = dict(cfg.model.overrides)
+    base = cfg.model_config().levels_of_theory
+    if cfg.model.init_from:
+        base = read_config(
+            CheckpointFolder(_weights_folder(cfg.model.init_from)).model_config
+        ).levels_of_theory
+    levels = extend_levels(base, corpus_levels(cfg.data.corpus, cfg.data.split))
+    if levels != cfg.model_config().levels_of_theory:
+        overrides.update(levels_of_theory=levels, num_levels=len(levels))
+    switches = {name: getattr(cfg.model, name) for name in TRAINING_SWITCHES}
+    model_cfg = model_config(cfg.model.size, **overrides, **switches)
     if model_cfg.main_level_of_theory == "none":
         model_cfg.main_level_of_theory = main_level_of_theory(cfg.data.corpus, cfg.data.split)
     return model_cfg
+
+
+def model_stream_config(data: StreamConfig, model: AtomFM) -> StreamConfig:
+    """``data`` indexing levels of theory in the model's vocabulary."""
+    return dataclasses.replace(data, levels_of_theory=list(model.config.levels_of_theory))
+
+
+def _weights_folder(path: str | os.PathLike) -> Path:
+    folder = Path(path)
+    if folder.is_dir() and not CheckpointFolder(folder).model_config.is_file():
+        folder = resolve_checkpoint(folder)  # a run folder: its latest checkpoint
+    return folder
 
 
 def build_model(cfg: TrainConfig) -> AtomFM:
@@ -39,12 +74,11 @@ def load_initial_weights(model: AtomFM, path: str | os.PathLike) -> list[str]:
     """Copy the weights of an export, a checkpoint or a run folder (its latest checkpoint) into ``model``:
     no optimiser, no step counter. Parameters the checkpoint lacks (new heads) keep their initialisation and
     are returned; a parameter of another shape (another size, lmax, vocabulary) is an error naming both."""
-    folder = Path(path)
-    if folder.is_dir() and not CheckpointFolder(folder).model_config.is_file():
-        folder = resolve_checkpoint(folder)
+    folder = _weights_folder(path)
     source = load_model(folder, dtype=torch.float32)
     ours = model.state_dict()
     theirs = {_adapted_name(name, ours): tensor for name, tensor in source.state_dict().items()}
+    theirs = _grow_vocabulary(theirs, source, model)
     for name, tensor in theirs.items():
         if name in ours and ours[name].shape != tensor.shape:
             raise BadInputError(
@@ -67,6 +101,45 @@ def load_initial_weights(model: AtomFM, path: str | os.PathLike) -> list[str]:
             if name in ours:
                 ours[name].copy_(tensor)
     return fresh
+
+
+def _grow_vocabulary(
+    theirs: dict[str, torch.Tensor], source: AtomFM, model: AtomFM
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's level-of-theory tensors grown to the model's longer vocabulary: a new level's
+    conditioning row starts as the nearest known level's (the longest shared name prefix, e.g. ``wb97x-d``
+    for ``wb97x-d/def2-tzvp``) or the mean of the levels the checkpoint has references for; its reference
+    energies start at zero (the fit fills them)."""
+    old, new = source.config.levels_of_theory, model.config.levels_of_theory
+    if new == old:
+        return theirs
+    if new[: len(old)] != old:
+        raise BadInputError(
+            "this run's levels of theory do not extend the checkpoint's (names are only appended)",
+            field="model.init_from",
+        )
+    out = dict(theirs)
+    rows_known = source.reference_energies.energies.abs().sum(dim=1) > 0
+    for name in ("backbone.conditioning.level_of_theory.weight", "reference_energies.energies"):
+        table = theirs[name]
+        grown = table.new_zeros(len(new), *table.shape[1:])
+        grown[: len(old)] = table
+        if name.startswith("backbone."):
+            for i, level in enumerate(new[len(old) :], start=len(old)):
+                nearest = nearest_level(level, old)
+                grown[i] = table[old.index(nearest)] if nearest else table[rows_known].mean(dim=0)
+        out[name] = grown
+    return out
+
+
+def nearest_level(name: str, known: list[str], min_prefix: int = 3) -> str | None:
+    """The known level sharing the longest name prefix with ``name`` (at least ``min_prefix`` characters)."""
+
+    def shared(a: str, b: str) -> int:
+        return len(os.path.commonprefix([a, b]))
+
+    candidates = [k for k in known if k not in ("none", "other") and shared(name, k) >= min_prefix]
+    return max(candidates, key=lambda k: (shared(name, k), -len(k)), default=None)
 
 
 def _adapted_name(name: str, ours: dict[str, torch.Tensor]) -> str:
@@ -95,10 +168,12 @@ def fit_reference_energies(
     """Fit the model's per-element reference energies over ``data``'s split (rank 0; every rank receives it).
 
     With ``keep_known_levels`` (a model started from pretrained weights) every level the model already has a
-    table for keeps it, and only new levels take the fitted rows.
+    table for keeps it, and only new levels take the fitted rows, fitted on what the pretrained model leaves
+    unexplained (the label minus its own energy without reference energies).
     """
-    num_levels = model.config.backbone.num_levels
-    fit = fit_reference_energies_on_corpus(data.corpus, data.split, num_levels) if ctx.is_main else None
+    levels = model.config.levels_of_theory
+    residual = _energy_without_references(model) if keep_known_levels else None
+    fit = fit_reference_energies_on_corpus(data.corpus, data.split, levels, residual) if ctx.is_main else None
     fit = ctx.broadcast_object(fit)
     table = fit.table.to(model.reference_energies.energies)
     if keep_known_levels:
@@ -106,6 +181,24 @@ def fit_reference_energies(
         table = torch.where(keep[:, None], model.reference_energies.energies, table)
     model.reference_energies.set_table(table)
     return fit
+
+
+def _energy_without_references(model: AtomFM):
+    """structure → the model's energy at the structure's level minus its reference energies (eV)."""
+    known = known_levels(model)
+
+    def residual(s: Structure) -> float:
+        index = level_index(s.level_of_theory, model.config.levels_of_theory)
+        if bool(known[index]):
+            return 0.0  # a level the table keeps: its residual does not enter the fit
+        with torch.no_grad():
+            ((_, prediction),) = predict_structures(model, [s], forces="none", stress=False)
+        reference = model.reference_energies.energies[
+            index, torch.as_tensor(s.atomic_numbers, dtype=torch.long)
+        ]
+        return prediction.energy - float(reference.sum())
+
+    return residual
 
 
 def build_stream(data: StreamConfig, ctx: DistContext) -> StructureStream:

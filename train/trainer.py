@@ -41,7 +41,14 @@ from train.engine.distributed import DistContext
 from train.finetune import reinit_heads
 from train.logging import RunLogger, peak_memory_gib
 from train.loss_balance import BalancedLoss, balance_losses
-from train.run_setup import build_ema, build_model, build_stream, fit_reference_energies, load_initial_weights
+from train.run_setup import (
+    build_ema,
+    build_model,
+    build_stream,
+    fit_reference_energies,
+    load_initial_weights,
+    model_stream_config,
+)
 from train.tasks import CorruptionState, Task, build_tasks
 from train.validation import Validator
 
@@ -168,7 +175,7 @@ class Trainer:
                 )
         if resume_from is None and cfg.model.fit_reference_energies:
             self._fit_reference_energies(model)
-        self.stream = build_stream(cfg.data, ctx)
+        self.stream = build_stream(model_stream_config(cfg.data, model), ctx)
         self.engine: TrainEngine = build_engine(model, cfg, ctx)
         self.ema = build_ema(self.engine.module, cfg.optim.ema_decay)
         self.checkpoints = CheckpointManager(cfg.run_dir, cfg.run.keep_last, ctx)
