@@ -152,9 +152,10 @@ def test_lora_finetuning_trains_adapters_only_and_exports_a_plain_model(pretrain
 def test_a_new_level_of_theory_grows_the_vocabulary_and_keeps_the_old_tables(pretrained, corpus, tmp_path):
     from dataclasses import replace
 
+    from model_fixtures import water
+
     from data_pipeline.corpus_reader import read_split
     from model.calculator import AtomFMCalculator
-    from model_fixtures import water
 
     new_corpus = tmp_path / "user_dft"
     # the user's own level: EMT-labelled structures under a name the model has never seen
