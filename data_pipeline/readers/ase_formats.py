@@ -129,7 +129,7 @@ def atoms_to_structure(f: InputFile, atoms: Atoms, *, key: str, info: Mapping[st
         charge=_integer(f, info, "charge", 0, key),
         spin=_integer(f, info, "spin", 1, key),
         level_of_theory=str(info.get("level_of_theory", "other")) if labelled else "none",
-        energy=None if energy is None else float(energy),
+        energy=energy,  # validate() checks that it is one number
         forces=forces,
         stress=stress,
         group_id=hill_formula(atoms.numbers, reduce=periodic),

@@ -1,0 +1,88 @@
+"""Hostile input to `atomfm data ingest`: every bad file, record and output folder is refused with exit code 2,
+no traceback and a message naming the file and the field; with --skip-bad a bad record is counted instead."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hostile import assert_refused, atomfm
+
+from data_pipeline.manifest import read_manifest
+
+WATER = "O 0.0 0.0 0.119\nH 0.0 0.763 -0.477\nH 0.0 -0.763 -0.477\n"
+
+
+def xyz(comment: str = "", atoms: str = WATER, count: int | None = None) -> str:
+    """One extended-XYZ frame (water unless ``atoms``)."""
+    lines = atoms.strip("\n").split("\n")
+    return f"{len(lines) if count is None else count}\n{comment}\n" + "\n".join(lines) + "\n"
+
+
+FORCES = "Properties=species:S:1:pos:R:3:forces:R:3 energy=-1.0"
+BAD_XYZ = {
+    "energy_word": (xyz("energy=hello"), "energy"),
+    "energy_three_numbers": (xyz('energy="1 2 3"'), "energy"),
+    "energy_nan": (xyz("energy=nan"), "energy"),
+    "energy_inf": (xyz("energy=inf"), "energy"),
+    "stress_two_numbers": (xyz('stress="1 2"'), "contents"),
+    "charge_fraction": (xyz("charge=0.5"), "charge"),
+    "charge_word": (xyz("charge=minus"), "charge"),
+    "spin_zero": (xyz("spin=0"), "spin"),
+    "forces_two_columns": (
+        xyz("Properties=species:S:1:pos:R:3:forces:R:2", "O 0 0 0 1 1\nH 0 0 1 1 1"),
+        "forces",
+    ),
+    "forces_nan": (xyz(FORCES, "O 0 0 0 nan 0 0\nH 0 0 1 0 0 0"), "forces"),
+    "atom_a_million_angstrom_away": (xyz(atoms=WATER + "H 1000000.0 0.0 0.0\n"), "positions"),
+    "coordinate_1e30": (xyz(atoms="O 0 0 0\nH 0 0 1e30\n"), "positions"),
+    "coordinate_nan": (xyz(atoms="O 0 0 0\nH 0 nan 1\n"), "positions"),
+    "lattice_vector_a_million_long": (
+        xyz('Lattice="1000000 0 0 0 5 0 0 0 5" pbc="T T T"', "Cu 0 0 0\nCu 1.8 1.8 0"),
+        "cell",
+    ),
+    "degenerate_lattice": (xyz('Lattice="3 0 0 3 0 0 0 0 3" pbc="T T T"', "Cu 0 0 0"), "cell"),
+    "atomic_number_zero": (xyz("Properties=Z:I:1:pos:R:3", "0 0 0 0\n1 0 0 1"), "atomic_numbers"),
+    "unknown_element": (xyz(atoms="Xx 0 0 0\nH 0 0 1\n"), "atomic_numbers"),
+    "count_not_a_number": ("two\nwater\n" + WATER, "contents"),
+    "fewer_atoms_than_claimed": (xyz(count=5), "contents"),
+    "count_negative": (xyz(count=-3), "contents"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_XYZ))
+def test_bad_extxyz_record_is_refused_naming_file_and_field(case, tmp_path, capsys):
+    text, field = BAD_XYZ[case]
+    path = tmp_path / f"{case}.extxyz"
+    path.write_text(text)
+    outcome = atomfm(capsys, "data", "ingest", path, "--out", tmp_path / "corpus")
+    assert_refused(outcome, path, f"field '{field}'")
+
+
+@pytest.mark.parametrize("case", ["energy_word", "energy_three_numbers", "atom_a_million_angstrom_away"])
+def test_bad_extxyz_record_is_counted_under_skip_bad_and_the_good_ones_kept(case, tmp_path, capsys):
+    text, field = BAD_XYZ[case]
+    path = tmp_path / f"{case}.extxyz"
+    path.write_text(xyz("energy=-2.0") + text + xyz("energy=-3.0"))
+    outcome = atomfm(capsys, "data", "ingest", path, "--out", tmp_path / "corpus", "--skip-bad")
+    assert outcome.code == 0, outcome.err
+    record = read_manifest(tmp_path / "corpus").sources[case]
+    assert record["structures"] == 2 and record["skipped"] == {field: 1}, json.dumps(record)
+
+
+def test_a_label_of_the_wrong_type_in_an_ase_database_names_the_row(tmp_path, capsys):
+    import ase.db
+    from ase.build import molecule
+
+    path = tmp_path / "labels.db"
+    with ase.db.connect(path) as db:
+        db.write(molecule("H2O"), energy_label="x", data={"energy": "high"})
+    outcome = atomfm(capsys, "data", "ingest", path, "--out", tmp_path / "corpus")
+    assert_refused(outcome, path, "record labels/1", "field 'energy'")
+
+
+def write_file(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path

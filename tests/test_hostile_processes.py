@@ -1,0 +1,80 @@
+"""Hostile input and damaged state where a real process matters: a crash by signal, a hang, a signal that must
+stop a run, a killed run that must resume from an intact checkpoint. Every child runs under a timeout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from stream_corpus import molecules, write_corpus
+
+from data_pipeline.schema import Structure
+from data_pipeline.stream import StreamConfig, StructureStream
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def python(code: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter at the repository root."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# Geometries whose cell grid vesin collapses (SIGFPE) or crawls through: a stray atom far along one axis, a
+# sparse sheet, a long thin periodic cell, a slab with one atom far above it.
+NEIGHBOUR_LISTS = """
+import numpy as np
+from data_pipeline.neighbours import radius_graph_pbc
+cases = {
+    "stray_atom_1e6": (np.array([[0, 0, 0], [1, 0, 0], [1e6, 0, 0]]), None, [False] * 3),
+    "stray_atom_1e30": (np.array([[0, 0, 0], [1, 0, 0], [1e30, 0, 0]]), None, [False] * 3),
+    "sparse_sheet_2000": (np.array([[0, 0, 0], [1, 0, 0], [2e3, 0, 0], [0, 2e3, 0], [2e3, 2e3, 0]]), None, [False] * 3),
+    "thin_cell_1e6": (np.array([[0, 0, 0], [1.0, 0, 0]]), np.diag([1e6, 3.0, 3.0]), [True] * 3),
+    "slab_atom_1e6_above": (np.array([[0, 0, 0], [1, 1, 0], [1, 1, 1e6]]), np.diag([3, 3, 20]), [True, True, False]),
+}
+for name, (pos, cell, pbc) in cases.items():
+    try:
+        edges, _ = radius_graph_pbc(pos, cell, pbc, 1.5)
+        print(name, "edges", edges.shape[1], flush=True)
+    except ValueError as err:
+        print(name, "refused", err, flush=True)
+"""
+
+
+def test_neighbour_lists_of_extreme_extents_never_crash_the_process():
+    result = python(NEIGHBOUR_LISTS)
+    assert result.returncode == 0, f"exit {result.returncode} (negative: killed by signal)\n{result.stderr}"
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert lines["stray_atom_1e6"] == "edges 2" and lines["stray_atom_1e30"] == "edges 2"
+    assert lines["sparse_sheet_2000"] == "edges 2"
+    assert lines["thin_cell_1e6"].startswith("refused") and "wrong unit" in lines["thin_cell_1e6"]
+    assert lines["slab_atom_1e6_above"].startswith("refused")
+
+
+def test_a_structure_a_million_angstrom_wide_in_a_shard_is_skipped_and_counted_by_the_stream(tmp_path):
+    """Shards written before extents were checked: a stream worker process skips and counts the record."""
+    good = molecules(6)
+    stray = Structure(
+        key="stray/0",
+        domain="molecule",
+        atomic_numbers=np.array([8, 1, 1], dtype=np.uint8),
+        positions=np.array([[0, 0, 0], [0, 0, 1], [1e6, 0, 0]], dtype=np.float32),
+        split="train",
+    )
+    write_corpus(tmp_path, [*good, stray], shard_size=4)
+    stream = StructureStream(
+        StreamConfig(corpus=str(tmp_path), repeat=False, num_workers=1, max_atoms=64, cutoff=4.0)
+    )
+    keys = [key for batch in stream for key in batch.key]
+    assert sorted(keys) == sorted(s.key for s in good)
+    assert stream.stats.skipped_samples == {"undecodable": 1}
+    assert any("stray/0" in where for where in stream.stats.skipped_keys)
