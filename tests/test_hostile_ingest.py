@@ -4,7 +4,6 @@ no traceback and a message naming the file and the field; with --skip-bad a bad 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hostile import assert_refused, atomfm
@@ -82,7 +81,24 @@ def test_a_label_of_the_wrong_type_in_an_ase_database_names_the_row(tmp_path, ca
     assert_refused(outcome, path, "record labels/1", "field 'energy'")
 
 
-def write_file(folder: Path, name: str, text: str) -> Path:
-    path = folder / name
-    path.write_text(text)
-    return path
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("suffix", [".xyz", ".xyz.gz"])
+def test_a_header_claiming_a_billion_atoms_fails_at_once_naming_the_line(suffix, tmp_path, capsys):
+    import gzip
+
+    text = xyz("energy=-1.0") + xyz(count=10**9)
+    path = tmp_path / f"claims{suffix}"
+    path.write_bytes(gzip.compress(text.encode()) if suffix.endswith(".gz") else text.encode())
+    outcome = atomfm(capsys, "data", "ingest", path, "--out", tmp_path / "corpus")
+    assert_refused(
+        outcome, path, "record claims/1", "line 6", "1,000,000,000" if suffix == ".xyz" else "1000000000"
+    )
+
+
+def test_an_unparsable_frame_is_counted_and_the_frames_after_it_are_kept(tmp_path, capsys):
+    path = tmp_path / "frames.extxyz"
+    path.write_text(xyz() + xyz(atoms="Xx 0 0 0\nH 0 0 1\n") + xyz())
+    outcome = atomfm(capsys, "data", "ingest", path, "--out", tmp_path / "corpus", "--skip-bad")
+    assert outcome.code == 0, outcome.err
+    record = read_manifest(tmp_path / "corpus").sources["frames"]
+    assert record["structures"] == 2 and record["skipped"] == {"atomic_numbers": 1}

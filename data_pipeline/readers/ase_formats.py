@@ -9,6 +9,7 @@ databases, the row's key-value pairs and data. A periodic record is a ``material
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,7 @@ from ase.data import chemical_symbols
 
 from data_pipeline.readers.elements import hill_formula
 from data_pipeline.readers.sources import InputFile
+from data_pipeline.readers.xyz_frames import xyz_frames
 from data_pipeline.schema import BadInputError, Structure
 
 IMAGE_FORMATS: dict[str, str] = {".xyz": "extxyz", ".extxyz": "extxyz", ".traj": "traj"}
@@ -31,7 +33,25 @@ DATABASE_OPTIONS: dict[str, dict[str, Any]] = {"aselmdb": {"readonly": True}}
 
 
 def read_ase_images(f: InputFile) -> Iterator[Structure | BadInputError]:
-    """Records of an (extended) XYZ file or an ASE ``.traj``: one per image, keyed by image index."""
+    """Records of an (extended) XYZ file or an ASE ``.traj``: one per image, keyed by image index.
+
+    XYZ frames are cut by their headers first (:func:`xyz_frames`), so a frame ASE cannot parse is a bad record
+    of its own and the frames after it are still read; a bad header ends the file.
+    """
+    if IMAGE_FORMATS[f.suffix] != "extxyz":
+        yield from _read_trajectory(f)
+        return
+    for frame in xyz_frames(f):
+        key = f.key(frame.index)
+        try:
+            atoms = ase.io.read(io.StringIO(frame.text), format="extxyz")
+        except Exception as err:  # ASE's parser raises many types on damaged text
+            yield _parse_error(f, err, key=key, where=f"frame at line {frame.line}: ")
+            continue
+        yield _record(f, atoms, key=key, info=atoms.info)
+
+
+def _read_trajectory(f: InputFile) -> Iterator[Structure | BadInputError]:
     images = ase.io.iread(str(f.path), index=":", format=IMAGE_FORMATS[f.suffix])
     for index in itertools.count():
         key = f.key(index)
@@ -39,20 +59,21 @@ def read_ase_images(f: InputFile) -> Iterator[Structure | BadInputError]:
             atoms = next(images)
         except StopIteration:
             return
-        except KeyError as err:
-            symbol = err.args[0] if err.args else ""
-            if isinstance(symbol, str) and symbol not in chemical_symbols:
-                raise f.error(
-                    f"unknown element symbol {symbol!r}", record=key, field="atomic_numbers"
-                ) from None
-            raise f.error(f"cannot parse image (KeyError: {err})", record=key, field="contents") from None
-        except Exception as err:  # ASE's parsers raise many types on damaged text
-            raise f.error(
-                f"cannot parse image ({type(err).__name__}: {err}); is the file truncated or corrupt?",
-                record=key,
-                field="contents",
-            ) from None
+        except Exception as err:  # ASE's reader raises many types on a damaged file
+            raise _parse_error(f, err, key=key, where="") from None
         yield _record(f, atoms, key=key, info=atoms.info)
+
+
+def _parse_error(f: InputFile, err: Exception, *, key: str, where: str) -> BadInputError:
+    """ASE's error on one image as a :class:`BadInputError` (an unknown element symbol named as such)."""
+    symbol = err.args[0] if isinstance(err, KeyError) and err.args else None
+    if isinstance(symbol, str) and symbol not in chemical_symbols:
+        return f.error(f"{where}unknown element symbol {symbol!r}", record=key, field="atomic_numbers")
+    return f.error(
+        f"{where}cannot parse image ({type(err).__name__}: {err}); is the file truncated or corrupt?",
+        record=key,
+        field="contents",
+    )
 
 
 def read_ase_database(f: InputFile) -> Iterator[Structure | BadInputError]:
