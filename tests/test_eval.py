@@ -277,3 +277,14 @@ def test_structures_a_calculator_cannot_handle_are_counted_not_fatal(labelled_fi
     assert r["metrics"]["all"]["energy_mae"]["n"] == 4
     assert r["details"]["failed_per_domain"] == {"material": 1}
     assert any("Si" in reason for reason in r["details"]["failures"])
+
+
+def test_a_head_on_pseudo_scalars_tells_enantiomers_apart_where_invariants_cannot(export, labelled_file, tmp_path):
+    assert atomfm(["eval", "--checkpoint", str(export), "--name", "small", "--data", str(labelled_file),
+                   "--tasks", "chirality", "--task-option", "chirality.conformers=4", "--out", str(tmp_path),
+                   "--no-progress"]) == 0
+    (path,) = tmp_path.glob("small__chirality__*.json")
+    metrics = json.loads(path.read_text())["metrics"]["molecule"]
+    assert metrics["invariant_accuracy"]["value"] == 50.0  # identical features for the two enantiomers
+    assert metrics["energy_gap"]["value"] < 1e-9  # the energy is mirror-invariant
+    assert metrics["handed_accuracy"]["value"] >= 90.0

@@ -13,6 +13,7 @@ from data_pipeline.config_mapping import did_you_mean
 from data_pipeline.schema import BadInputError
 from eval.tasks.accuracy import Accuracy
 from eval.tasks.base import EvalTask
+from eval.tasks.chirality import Chirality
 from eval.tasks.conformer_ranking import ConformerRanking
 from eval.tasks.diatomics import Diatomics
 from eval.tasks.eos import EquationOfState
@@ -22,7 +23,16 @@ from eval.tasks.symmetry import Symmetry
 
 TASKS: dict[str, type[EvalTask]] = {
     cls.name: cls
-    for cls in (Accuracy, ConformerRanking, EquationOfState, Relaxation, Symmetry, MDDrift, Diatomics)
+    for cls in (
+        Accuracy,
+        ConformerRanking,
+        EquationOfState,
+        Relaxation,
+        Symmetry,
+        MDDrift,
+        Diatomics,
+        Chirality,
+    )
 }
 
 
