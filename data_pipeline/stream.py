@@ -260,6 +260,7 @@ class StructureStream:
         """
         waiting: dict[int, deque] = {k: deque() for k in range(self.num_readers)}
         delivered = 0
+        starving = _Starvation(self)
         while not all(self._done):
             k = self._next_reader
             while not waiting[k]:
@@ -275,6 +276,7 @@ class StructureStream:
             self._done[k] = report.done
             self.stats.add(report.stats)
             self._next_reader = self._reader_after(k)
+            starving.after(batch, report.stats)
             if batch is not None:
                 self.stats.count(batch)
                 delivered += 1
@@ -354,6 +356,49 @@ class StructureStream:
         self._progress = [(int(p), int(s)) for p, s in state["progress"]]
         self._done = [bool(d) for d in state["done"]]
         self._next_reader = int(state["next_reader"])
+
+
+class StreamStarvedError(BadInputError):
+    """The stream skips everything it reads and can deliver no batch (every structure oversize, undecodable, ...)."""
+
+
+class _Starvation:
+    """Counts the structures skipped since the last delivered batch; more than a whole pass over this rank's
+    share means no batch can ever come, and :class:`StreamStarvedError` says why instead of spinning."""
+
+    def __init__(self, stream: StructureStream) -> None:
+        self.stream = stream
+        self.limit: int | None = None
+        self.reasons: Counter = Counter()
+
+    def after(self, batch: Batch | None, stats: StreamStats) -> None:
+        if batch is not None:
+            self.reasons.clear()
+            return
+        self.reasons.update(stats.skipped_samples)
+        if not self.reasons:
+            return
+        if self.limit is None:
+            self.limit = max(1, self.stream.structures_per_epoch())
+        if sum(self.reasons.values()) > self.limit:
+            raise StreamStarvedError(starved_message(self.stream, self.reasons), field="data")
+
+
+def starved_message(stream: StructureStream, reasons: Mapping[str, int]) -> str:
+    """Why rank ``stream.rank`` delivers nothing, and what to change."""
+    cfg = stream.cfg
+    why = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+    advice = {
+        "oversize": f"every structure is over data.max_atoms={cfg.max_atoms} (or data.max_edges) and "
+        "data.skip_oversize is on: raise the budget or turn skip_oversize off",
+        "undecodable": "the samples do not decode: `atomfm data inspect` names them",
+        "missing": "the shards are missing or damaged: `atomfm data inspect` names them",
+    }
+    hints = "; ".join(advice[r] for r in sorted(reasons) if r in advice)
+    return (
+        f"the stream of rank {stream.rank} over split {cfg.split!r} of {', '.join(cfg.corpus)} skipped every "
+        f"structure of a whole pass ({why}) and can deliver no batch" + (f": {hints}" if hints else "")
+    )
 
 
 class _Readers(IterableDataset):

@@ -8,10 +8,26 @@ raises instead of returning a code fails the test with that traceback, which is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import yaml
 
 from launch.cli import main
+
+# A model small enough that a run of a few steps takes a second.
+TINY = {
+    "channels": 8,
+    "num_layers": 1,
+    "num_heads": 2,
+    "attn_channels": 8,
+    "ffn_channels": 8,
+    "lmax": 1,
+    "mmax": 1,
+    "cutoff": 4.0,
+    "num_rbf": 4,
+    "radial_channels": 8,
+}
 
 
 @dataclass
@@ -39,3 +55,33 @@ def assert_refused(outcome: Outcome, *named: object, code: int = 2) -> None:
     assert "Traceback" not in text, text[-3000:]
     for name in named:
         assert str(name) in outcome.err, f"{name!r} not named in:\n{outcome.err[-3000:]}"
+
+
+def train_config(corpus: Path, out: Path, **sections: dict) -> Path:
+    """A tiny single-process DDP run over ``corpus`` writing to ``out``; ``sections`` update the defaults."""
+    cfg = {
+        "run": {
+            "out_dir": str(out),
+            "max_steps": 4,
+            "log_every": 1,
+            "checkpoint_every": 2,
+            "progress_bar": False,
+        },
+        "data": {
+            "corpus": [str(corpus)],
+            "max_atoms": 64,
+            "cutoff": 4.0,
+            "shuffle_buffer": 4,
+            "num_workers": 0,
+        },
+        "model": {"size": "tiny", "overrides": dict(TINY), "conservative_forces": False},
+        "tasks": {"energy": {}, "forces": {}},
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "engine": "ddp",
+        "logging": {"wandb": False},
+    }
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -4,15 +4,20 @@ stop a run, a killed run that must resume from an intact checkpoint. Every child
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+from hostile import train_config
 from stream_corpus import molecules, write_corpus
 
 from data_pipeline.schema import Structure
-from data_pipeline.stream import StreamConfig, StructureStream
+from data_pipeline.stream import StreamConfig, StreamStarvedError, StructureStream
+from train.trainer import endless
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,3 +83,57 @@ def test_a_structure_a_million_angstrom_wide_in_a_shard_is_skipped_and_counted_b
     assert sorted(keys) == sorted(s.key for s in good)
     assert stream.stats.skipped_samples == {"undecodable": 1}
     assert any("stray/0" in where for where in stream.stats.skipped_keys)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("repeat", [True, False])
+def test_a_stream_that_skips_every_structure_says_so_and_stops(repeat, tmp_path):
+    write_corpus(tmp_path, [s for s in molecules(40) if s.num_atoms > 3][:6], shard_size=3)
+    cfg = StreamConfig(
+        corpus=str(tmp_path), repeat=repeat, num_workers=0, max_atoms=3, skip_oversize=True, cutoff=4.0
+    )
+    batches = endless(StructureStream(cfg))
+    with pytest.raises(StreamStarvedError) as info:
+        next(batches)
+    assert "skipped every structure" in str(info.value) and "data.max_atoms=3" in str(info.value)
+
+
+# The stream of this run never delivers and never ends, as one stuck on a dead file system would.
+STUCK_RUN = """
+import sys, time
+from data_pipeline import stream
+def stuck(self):
+    print("waiting for data", flush=True)
+    while True:
+        time.sleep(0.05)
+    yield
+stream.StructureStream.__iter__ = stuck
+from launch.cli import main
+sys.exit(main(["train", "--config", sys.argv[1], "--no-wandb"]))
+"""
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_stops_a_run_stuck_outside_a_step(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, molecules(6), shard_size=3)
+    config = train_config(corpus, tmp_path / "run")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK_RUN, str(config)],
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), WANDB_MODE="disabled"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:
+            if "waiting for data" in line:
+                break
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "SIGTERM received outside a step" in output and "Traceback" not in output

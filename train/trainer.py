@@ -13,7 +13,9 @@ import json
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import torch
 from data_pipeline.atomic_files import torch_save_atomic, write_text_atomic
 from data_pipeline.batch import AtomBatch
 from data_pipeline.schema import BadInputError
-from data_pipeline.stream import StructureStream
+from data_pipeline.stream import StreamStarvedError, StructureStream, starved_message
 from model.atomfm import AtomFM
 from model.checkpoint_layout import (
     BEST_FILE,
@@ -58,6 +60,10 @@ STOP_FILE = "STOP"  # created by a user or a job script: checkpoint at the next 
 
 class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row: the run stopped after saving a checkpoint."""
+
+
+class StopWhileWaiting(Exception):
+    """A stop signal reached the run while it waited outside a step (for data, or in validation)."""
 
 
 @dataclass
@@ -94,13 +100,18 @@ def endless(stream: StructureStream) -> Iterator[Any]:
     """Batches of ``stream``, starting its next epoch whenever one ends (``repeat: false`` corpora)."""
     while True:
         delivered = 0
+        before = Counter(stream.stats.skipped_samples)
         for batch in stream:
             delivered += 1
             yield batch
         if delivered == 0:
-            raise RuntimeError(
-                f"the stream of rank {stream.rank} delivered no batch in a whole epoch: its share "
-                "of the corpus is empty (fewer structures than ranks?)"
+            skipped = Counter(stream.stats.skipped_samples) - before
+            raise StreamStarvedError(
+                starved_message(stream, skipped)
+                if skipped
+                else f"the stream of rank {stream.rank} delivered no batch in a whole epoch: its share of the "
+                "corpus is empty (fewer structures than ranks?)",
+                field="data",
             )
 
 
@@ -157,6 +168,7 @@ class Trainer:
         self.tasks = build_tasks(cfg.tasks, ConfigOrigin("config"))
         self.state = TrainerState()
         self.stop_signal = False
+        self._waiting = False  # outside a step: a stop signal ends the run at once (StopWhileWaiting)
         self.time_up = False
         self.started = time.monotonic()
         self._last_saved: Path | None = None
@@ -239,20 +251,56 @@ class Trainer:
         )
 
     def install_signal_handlers(self) -> None:
+        """SIGUSR1 and SIGTERM stop the run: at the next step with a checkpoint, or at once while it waits
+        outside a step (a stream that delivers nothing must not keep it alive)."""
+
         def request_stop(signum: int, frame: Any) -> None:
             self.stop_signal = True
+            if self._waiting:
+                self._waiting = False
+                raise StopWhileWaiting(f"{signal.Signals(signum).name} received")
 
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, request_stop)
 
+    @contextmanager
+    def _outside_a_step(self) -> Iterator[None]:
+        self._waiting = True
+        try:
+            yield
+        finally:
+            self._waiting = False
+
     def run(self) -> TrainResult:
+        st = self.state
+        try:
+            stopped_by, last_checkpoint = self._steps()
+        except StopWhileWaiting as stop:
+            stopped_by, last_checkpoint = "signal", self._last_saved
+            self.logger.message(
+                f"{stop} outside a step (waiting for data or validating) at step {st.step}: stopping without "
+                f"a new checkpoint; the last one is {last_checkpoint}"
+            )
+        self.logger.close()
+        if stopped_by == "nonfinite":
+            raise NonFiniteLossError(
+                f"non-finite loss in {st.nonfinite_in_row} micro-batches in a row at step {st.step} (limit "
+                f"run.max_nonfinite_in_row={self.cfg.run.max_nonfinite_in_row}); saved {self._last_saved}. "
+                "Lower optim.lr, check the corpus labels (atomfm data inspect), or raise the limit"
+            )
+        return TrainResult(state=st, checkpoint=last_checkpoint, stopped_by=stopped_by)
+
+    def _steps(self) -> tuple[str, Path | None]:
+        """The training loop; returns how it stopped and the last checkpoint."""
         cfg, ctx, st = self.cfg, self.ctx, self.state
         batches = endless(self.stream)
         window = MetricWindow()
         stopped_by, last_checkpoint = "max_steps", self._last_saved
         micro_in_step = 0
         while st.step < cfg.run.max_steps:
-            batch = next(batches).to(ctx.device)
+            with self._outside_a_step():
+                batch = next(batches)
+            batch = batch.to(ctx.device)
             poison = cfg.debug.poison_loss_at_step == st.step and ctx.is_main and micro_in_step == 0
             loss = micro_batch_loss(
                 self.engine.forward,
@@ -297,7 +345,8 @@ class Trainer:
             if self.validator is not None and (
                 st.step % cfg.validation.every == 0 or st.step == cfg.run.max_steps
             ):
-                improved, early_stop = self._validate()
+                with self._outside_a_step():
+                    improved, early_stop = self._validate()
             if (
                 st.step % cfg.run.checkpoint_every == 0
                 or st.step == cfg.run.max_steps
@@ -322,14 +371,7 @@ class Trainer:
                 reason = f"run.max_time_s={cfg.run.max_time_s} s spent" if self.time_up else "stop requested"
                 self.logger.message(f"{reason}: saved {last_checkpoint}, stopping")
                 break
-        self.logger.close()
-        if stopped_by == "nonfinite":
-            raise NonFiniteLossError(
-                f"non-finite loss in {st.nonfinite_in_row} micro-batches in a row at step {st.step} (limit "
-                f"run.max_nonfinite_in_row={cfg.run.max_nonfinite_in_row}); saved {self._last_saved}. Lower "
-                "optim.lr, check the corpus labels (atomfm data inspect), or raise the limit"
-            )
-        return TrainResult(state=st, checkpoint=last_checkpoint, stopped_by=stopped_by)
+        return stopped_by, last_checkpoint
 
     def _validate(self) -> tuple[bool, bool]:
         """Score the val split, log it, track the best; returns (new best, stop early)."""
