@@ -17,6 +17,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import yaml
+
 from data_pipeline.schema import BadInputError
 
 T = TypeVar("T")
@@ -124,6 +126,27 @@ def coerce(tp: Any, value: Any, key: str, origin: ConfigOrigin) -> Any:
                 else dict(value)
             )
     raise origin.error(key, f"expected {type_name(tp)}, got {value!r}")
+
+
+def parse_override(item: str, *, where: str = "command line") -> tuple[list[str], Any]:
+    """``"optim.lr=3e-4"`` → ``(["optim", "lr"], 3e-4)``: the dotted key and the value read as YAML (an empty
+    value is None); a malformed item or a value that is not YAML is a :class:`BadInputError` naming it."""
+    if "=" not in item:
+        raise BadInputError(f"override {item!r} is not of the form key.subkey=value", path=where)
+    key, value = (part.strip() for part in item.split("=", 1))
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise BadInputError(f"override {item!r} has an empty key part", path=where)
+    try:
+        parsed = yaml.safe_load(value) if value else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise BadInputError(
+            f"the value {value!r} is not valid YAML ({problem}); quote it or fix the brackets",
+            path=where,
+            field=key,
+        ) from None
+    return parts, parsed
 
 
 def did_you_mean(key: str, candidates: list[str]) -> str:

@@ -54,8 +54,12 @@ def read_config(path: Path) -> ModelConfig:
         )
     try:
         raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadInputError(f"unreadable JSON ({err})", path=str(path)) from None
+    if not isinstance(raw, dict):
+        raise BadInputError(
+            f"expected a JSON object of model settings, got a {type(raw).__name__}", path=str(path)
+        )
     return ModelConfig.from_dict(raw, source=str(path))
 
 

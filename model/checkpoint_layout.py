@@ -22,6 +22,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -142,15 +143,46 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return found[-1]
 
 
-def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The model's fp32 state dict from an export, a DDP checkpoint or a DeepSpeed checkpoint (ZeRO 0–3)."""
+def load_torch_file(
+    path: Path, *, weights_only: bool = True, map_location: str | torch.device = "cpu"
+) -> Any:
+    """``torch.load`` of one checkpoint file; a truncated or damaged file is a :class:`BadInputError` naming it.
+
+    ``weights_only`` (tensors, numbers, containers: no code runs) unless the file holds other objects (the
+    per-rank RNG states hold NumPy arrays); those files are the run's own, verified by their checksums.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except FileNotFoundError:
+        raise BadInputError("missing from the checkpoint", path=str(path)) from None
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors, ...
+        raise BadInputError(
+            f"unreadable ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}): the file "
+            "is truncated or damaged; use another checkpoint or export again",
+            path=str(path),
+        ) from None
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a truncated or damaged file is a :class:`BadInputError`."""
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises SafetensorError (and OSError) on a damaged file
+        raise BadInputError(
+            f"unreadable ({type(err).__name__}: {err}): the file is truncated or damaged; export again",
+            path=str(path),
+        ) from None
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The model's fp32 state dict from an export, a DDP checkpoint or a DeepSpeed checkpoint (ZeRO 0–3)."""
     files = CheckpointFolder(folder)
     if files.export_weights.is_file():
-        return load_file(str(files.export_weights))
+        return load_safetensors(files.export_weights)
     if files.ddp.is_file():
-        saved = torch.load(files.ddp, map_location="cpu", weights_only=False)
+        saved = load_torch_file(files.ddp)
         if not isinstance(saved, dict) or "model" not in saved:
             raise BadInputError(
                 "expected a dict with a 'model' state dict", path=str(files.ddp), field="model"
@@ -174,7 +206,13 @@ def _read_deepspeed(ds_dir: Path) -> dict[str, torch.Tensor]:
     if any(tag_dir.glob(DEEPSPEED_OPTIMIZER_GLOB)):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag=tag_dir.name)
+        try:
+            return get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag=tag_dir.name)
+        except Exception as err:  # DeepSpeed raises many types on damaged or missing shards
+            raise BadInputError(
+                f"cannot join the ZeRO shards ({type(err).__name__}: {err}); the checkpoint is damaged",
+                path=str(tag_dir),
+            ) from None
     return _read_unpartitioned_deepspeed(tag_dir)
 
 
@@ -183,7 +221,7 @@ def _read_unpartitioned_deepspeed(tag_dir: Path) -> dict[str, torch.Tensor]:
     states = tag_dir / DEEPSPEED_MODEL_STATES
     if not states.is_file():
         raise BadInputError(f"DeepSpeed checkpoint without {DEEPSPEED_MODEL_STATES}", path=str(tag_dir))
-    saved = torch.load(states, map_location="cpu", weights_only=False)
+    saved = load_torch_file(states, weights_only=False)  # DeepSpeed's own file holds its config objects
     module = dict(saved["module"])
     masters = (saved.get("optimizer") or {}).get("fp32_groups") or []
     params = [k for k in module if k not in set(saved.get("buffer_names", []))]

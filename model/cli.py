@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 
@@ -62,13 +63,15 @@ def list_sizes(args: argparse.Namespace) -> int:
 
 
 def info(args: argparse.Namespace) -> int:
+    from data_pipeline.schema import BadInputError
     from model.activation_memory import estimate_activation_memory
     from model.atomfm import model_config
 
     try:
         cfg = model_config(args.name, **_parse_overrides(args.overrides))
-    except ValueError as err:
-        raise SystemExit(f"atomfm model info: {err}") from None
+    except (BadInputError, ValueError) as err:  # a size's own checks raise ValueError too
+        print(f"atomfm model info: {err}", file=sys.stderr)
+        return 2
     report = _summary(args.name, cfg)
     bb = cfg.backbone
     report.update(
@@ -172,14 +175,16 @@ def _measure(cfg: Any) -> dict[str, Any]:
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    import yaml
+    """``--set`` items as model_config keywords (``lora.rank=4`` → ``{"lora": {"rank": 4}}``)."""
+    from data_pipeline.config_mapping import parse_override
 
-    out = {}
+    out: dict[str, Any] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"atomfm model info: --set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        parts, value = parse_override(item, where="--set")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
     return out
 
 

@@ -3,13 +3,19 @@ checkpoint names its file, and what it answers outside its training is said once
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ase import Atoms
-from model_fixtures import SMALL, water
+from model_fixtures import SMALL, small_model, water
 
 from data_pipeline.schema import BadInputError
+from model.atomfm import model_config
 from model.calculator import AtomFMCalculator
+from model.checkpoint_io import save_export
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +67,57 @@ def test_a_structure_the_calculator_cannot_answer_for_is_refused_naming_the_fiel
     with pytest.raises(BadInputError) as info:
         atoms.get_potential_energy()
     assert info.value.field == field and f"field '{field}'" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    return save_export(small_model(), tmp_path_factory.mktemp("export"))
+
+
+def damaged_copy(export: Path, tmp_path: Path, name: str, damage) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(export, copy)
+    damage(copy / name)
+    return copy / name
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "weights_truncated": ("model.safetensors", truncate),
+    "weights_empty": ("model.safetensors", lambda p: p.write_bytes(b"")),
+    "weights_header_flipped": (
+        "model.safetensors",
+        lambda p: p.write_bytes(b"\xff" * 16 + p.read_bytes()[16:]),
+    ),
+    "weights_missing": ("model.safetensors", Path.unlink),
+    "config_truncated": ("model_config.json", truncate),
+    "config_a_list": ("model_config.json", lambda p: p.write_text("[1, 2]")),
+    "config_binary": ("model_config.json", lambda p: p.write_bytes(bytes(range(256)))),
+    "config_wrong_type": (
+        "model_config.json",
+        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "long_range": "yes"})),
+    ),
+    "config_missing": ("model_config.json", Path.unlink),
+    "config_of_another_size": (
+        "model_config.json",
+        lambda p: p.write_text(json.dumps(model_config("tiny").to_dict())),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_from_checkpoint_on_a_damaged_export_names_the_file(case, export, tmp_path):
+    name, damage = DAMAGE[case]
+    damaged = damaged_copy(export, tmp_path, name, damage)
+    with pytest.raises(BadInputError) as info:
+        AtomFMCalculator.from_checkpoint(damaged.parent)
+    assert str(damaged.parent) in str(info.value) and name in str(info.value), str(info.value)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from launch.cli import main
@@ -51,8 +50,8 @@ def test_model_info_estimate_tracks_the_measured_activations(capsys):
     )
 
 
-def test_model_info_names_an_unknown_size_or_key():
-    with pytest.raises(SystemExit, match="'huge'"):
-        main(["model", "info", "huge"])
-    with pytest.raises(SystemExit, match="'lmaks'"):
-        main(["model", "info", "tiny", "--set", "lmaks=3"])
+def test_model_info_names_an_unknown_size_or_key(capsys):
+    assert main(["model", "info", "huge"]) == 2
+    assert "'huge'" in capsys.readouterr().err
+    assert main(["model", "info", "tiny", "--set", "lmaks=3"]) == 2
+    assert "'lmaks'" in capsys.readouterr().err

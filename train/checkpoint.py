@@ -23,6 +23,7 @@ from model.checkpoint_layout import (
     checkpoint_name,
     checkpoints_root,
     list_checkpoints,
+    load_torch_file,
 )
 from train.config import TrainConfig, save_resolved_config
 from train.ema import ParameterEMA, consolidate_partitions
@@ -121,17 +122,13 @@ class CheckpointManager:
                 path=str(path),
             )
         engine.load(path)
-        own = torch.load(files.rank(self.ctx.rank), map_location="cpu", weights_only=False)
+        own = load_torch_file(files.rank(self.ctx.rank), weights_only=False)
         stream.load_state_dict(own["stream"])
         for task in tasks:
             if task.name in own["tasks"]:
                 task.load_state_dict(own["tasks"][task.name])
         if ema is not None:
-            ema.load_state_dict(
-                own["ema"]
-                if ema.partitioned
-                else torch.load(files.ema, map_location="cpu", weights_only=False)
-            )
+            ema.load_state_dict(own["ema"] if ema.partitioned else load_torch_file(files.ema))
         restore_rng_states(own["rng"])
         return state
 
@@ -140,9 +137,9 @@ def load_ema_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     """Full fp32 EMA weights of a checkpoint (joining ZeRO-3 partitions from every rank's file)."""
     files = CheckpointFolder(checkpoint)
     if files.ema.is_file():
-        return consolidate_partitions([torch.load(files.ema, map_location="cpu", weights_only=False)])
+        return consolidate_partitions([load_torch_file(files.ema)])
     ranks = files.rank_files()
-    states = [torch.load(r, map_location="cpu", weights_only=False).get("ema") for r in ranks]
+    states = [load_torch_file(r, weights_only=False).get("ema") for r in ranks]
     if not states or any(s is None for s in states):
         raise BadInputError("checkpoint holds no EMA weights (was optim.ema_decay 0?)", path=str(checkpoint))
     return consolidate_partitions(states)

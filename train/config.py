@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from data_pipeline.atomic_files import write_text_atomic
-from data_pipeline.config_mapping import ConfigOrigin, from_mapping
+from data_pipeline.config_mapping import ConfigOrigin, from_mapping, parse_override
 from data_pipeline.schema import DOMAINS, BadInputError
 from data_pipeline.stream import StreamConfig
 from model.atomfm import ModelConfig
@@ -195,7 +195,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
         if not p.is_file():
             raise BadInputError("config file not found", path=str(p))
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(read_config_text(p))
         except yaml.YAMLError as err:
             raise BadInputError(f"not valid YAML ({err})", path=str(p)) from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -207,6 +207,25 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
     cfg = from_mapping(TrainConfig, raw, origin=origin)
     check_config(cfg, origin)
     return cfg
+
+
+def read_config_text(path: Path) -> str:
+    """The text of a config file; a binary or non-UTF-8 file is a :class:`BadInputError` naming it."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise BadInputError(f"cannot read ({err.strerror})", path=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadInputError(
+            f"not a text file (byte {err.start} is not UTF-8): is this the YAML config?", path=str(path)
+        ) from None
+    if "\0" in text:
+        raise BadInputError(
+            f"not a text file (a NUL byte at {text.index(chr(0))}): is this the YAML config?", path=str(path)
+        )
+    return text
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -221,12 +240,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     """``["optim.lr=3e-4", "tasks.denoise.weight=2"]`` → a new nested dict; values are parsed as YAML."""
     out = copy.deepcopy(raw)
     for item in overrides:
-        if "=" not in item:
-            raise BadInputError(f"override {item!r} is not of the form key.subkey=value", path="command line")
-        key, value = (s.strip() for s in item.split("=", 1))
-        parts = key.split(".")
-        if not key or any(not p for p in parts):
-            raise BadInputError(f"override {item!r} has an empty key part", path="command line")
+        parts, value = parse_override(item)
+        key = ".".join(parts)
         node = out
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -239,7 +254,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
                     field=key,
                 )
             node = child
-        node[parts[-1]] = yaml.safe_load(value) if value else None
+        node[parts[-1]] = value
     return out
 
 

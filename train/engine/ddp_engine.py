@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data_pipeline.atomic_files import torch_save_atomic
 from data_pipeline.batch import AtomBatch
-from model.checkpoint_layout import CheckpointFolder
+from model.checkpoint_layout import CheckpointFolder, load_torch_file
 from train.config import TrainConfig
 from train.engine.base import global_grad_norm, parameter_groups
 from train.engine.distributed import DistContext
@@ -101,7 +101,7 @@ class DDPEngine:
             )
 
     def load(self, directory: Path) -> None:
-        saved = torch.load(CheckpointFolder(directory).ddp, map_location=self.ctx.device, weights_only=False)
+        saved = load_torch_file(CheckpointFolder(directory).ddp, map_location=self.ctx.device)
         self.module.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
