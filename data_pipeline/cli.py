@@ -45,6 +45,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run("data_pipeline.demo", "main"))
 
+    p = dsub.add_parser("relabel", help="label a corpus's structures at another level of theory into a new corpus")
+    p.add_argument("corpus", help="corpus folder to read (every split)")
+    p.add_argument("--label", required=True, help="labeller: xtb, xtb-gfn1, emt, amber14, chgnet, auto")
+    p.add_argument("--out", required=True, help="new corpus folder")
+    p.add_argument("--domain", choices=["molecule", "protein", "material"], default=None)
+    p.add_argument("--max-groups", type=int, default=None, help="a seeded subset of this many groups (molecules)")
+    p.add_argument("--source", default=None, help="source name in the new corpus (default relabel-<label>)")
+    p.add_argument("--workers", type=int, default=None, help="labelling processes (default: number of cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run("data_pipeline.relabel", "main"))
+
     data.set_defaults(func=lambda args: data.print_help() or 0)
 
 

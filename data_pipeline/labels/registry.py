@@ -7,10 +7,11 @@ from data_pipeline.labels.auto import AutoLabeller
 from data_pipeline.labels.base import Labeller
 from data_pipeline.labels.chgnet import CHGNetLabeller
 from data_pipeline.labels.emt import EMTLabeller
-from data_pipeline.labels.xtb import GFN2xTBLabeller
+from data_pipeline.labels.xtb import GFN1xTBLabeller, GFN2xTBLabeller
 
 LABELLERS: dict[str, type[Labeller]] = {
     "xtb": GFN2xTBLabeller,
+    "xtb-gfn1": GFN1xTBLabeller,
     "emt": EMTLabeller,
     "amber14": Amber14Labeller,
     "chgnet": CHGNetLabeller,

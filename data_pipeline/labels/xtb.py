@@ -1,4 +1,4 @@
-"""GFN2-xTB (tblite) energies and forces for molecules; stress as well for periodic cells."""
+"""GFN2-xTB and GFN1-xTB (tblite) energies and forces for molecules; stress as well for periodic cells."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class GFN2xTBLabeller(Labeller):
 
     name = "xtb"
     level_of_theory = "gfn2-xtb"
+    method = "GFN2-xTB"  # tblite's name
 
     def __init__(
         self, *, accuracy: float = 1.0, max_iterations: int = 250, electronic_temperature: float = 300.0
@@ -35,7 +36,7 @@ class GFN2xTBLabeller(Labeller):
         z = np.asarray(s.atomic_numbers, dtype=np.int64)
         if z.max() > MAX_XTB_Z:
             raise LabellingError(
-                f"GFN2-xTB is parametrised up to Z={MAX_XTB_Z}; this structure has Z={z.max()}"
+                f"{self.method} is parametrised up to Z={MAX_XTB_Z}; this structure has Z={z.max()}"
             )
         electrons = int(z.sum()) - int(s.charge)
         unpaired = int(s.spin) - 1
@@ -45,7 +46,7 @@ class GFN2xTBLabeller(Labeller):
             )
         periodic = s.is_periodic
         calc = self._calculator(
-            "GFN2-xTB",
+            self.method,
             z,
             np.asarray(s.positions, dtype=np.float64) / Bohr,
             charge=float(s.charge),
@@ -68,3 +69,12 @@ class GFN2xTBLabeller(Labeller):
             stress=stress,
             level_of_theory=self.level_of_theory,
         )
+
+
+class GFN1xTBLabeller(GFN2xTBLabeller):
+    """GFN1-xTB, the older tight-binding level: a second level of theory the labellers make here (for
+    fine-tuning a model to a level it has never seen)."""
+
+    name = "xtb-gfn1"
+    level_of_theory = "gfn1-xtb"
+    method = "GFN1-xTB"
