@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_pipeline.atomic_files import is_temporary_of
+from data_pipeline.atomic_files import is_temporary_of, output_folder, writing
 from data_pipeline.labels import LABELLERS, LabelOutcome, label_outcomes
 from data_pipeline.manifest import Manifest, ShardInfo, manifest_path, read_manifest, write_manifest
 from data_pipeline.schema import DOMAINS, BadInputError, Structure, validate
@@ -117,7 +117,9 @@ class IngestOptions:
 @contextmanager
 def corpus_lock(out_dir: Path) -> Iterator[None]:
     """Hold the corpus folder's ingest lock: one ingest writes a corpus at a time (released on any exit, even kill)."""
-    with open(out_dir / LOCK_NAME, "a") as handle:
+    with writing(out_dir / LOCK_NAME):
+        handle = open(out_dir / LOCK_NAME, "a")
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -427,9 +429,9 @@ def ingest_structures(
     stored with this source's own skips.
     """
     options = IngestOptions(**fields) if options is None else replace(options, **fields)
-    out, source = Path(out_dir), options.source
+    source = options.source
     fingerprint = options.fingerprint()
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
     with corpus_lock(out):
         manifest = read_manifest(out) if manifest_path(out).is_file() else Manifest()
         _remove_strays(out, manifest, source)

@@ -14,7 +14,7 @@ from pathlib import Path
 import webdataset as wds
 from ase.data import chemical_symbols
 
-from data_pipeline.atomic_files import publish
+from data_pipeline.atomic_files import output_folder, publish, writing
 from data_pipeline.manifest import ShardInfo
 from data_pipeline.sample_codec import encode_sample
 from data_pipeline.schema import Structure
@@ -57,8 +57,7 @@ class ShardWriter:
     ) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = output_folder(out_dir)
         self.source, self.domain, self.split = source, domain, split
         self.shard_size = shard_size
         self.index = start_index
@@ -77,7 +76,8 @@ class ShardWriter:
     def _open(self) -> None:
         final = self.out_dir / shard_name(self.source, self.domain, self.split, self.index)
         self._tmp = final.with_name(final.name + TMP_SUFFIX)
-        self._tar = wds.TarWriter(str(self._tmp), mtime=MEMBER_MTIME)
+        with writing(final):
+            self._tar = wds.TarWriter(str(self._tmp), mtime=MEMBER_MTIME)
 
     def write(self, s: Structure) -> None:
         if s.domain != self.domain or s.split != self.split:
@@ -86,7 +86,8 @@ class ShardWriter:
             )
         if self._tar is None:
             self._open()
-        self._tar.write(encode_sample(s, f"{len(self._natoms):09d}"))
+        with writing(self._final()):
+            self._tar.write(encode_sample(s, f"{len(self._natoms):09d}"))
         self._natoms.append(s.num_atoms)
         self._elements.update(chemical_symbols[int(z)] for z in s.atomic_numbers)
         self._levels[s.level_of_theory] += 1
@@ -98,8 +99,9 @@ class ShardWriter:
 
     def _finish(self) -> None:
         assert self._tar is not None and self._tmp is not None
-        self._tar.close()
-        final = self._tmp.with_name(self._tmp.name[: -len(TMP_SUFFIX)])
+        final = self._final()
+        with writing(final):
+            self._tar.close()
         info = ShardInfo(
             path=final.name,
             domain=self.domain,
@@ -114,13 +116,19 @@ class ShardWriter:
             bytes=self._tmp.stat().st_size,
             sha256=sha256_of(self._tmp),
         )
-        publish(self._tmp, final)
+        with writing(final):
+            publish(self._tmp, final)
         self._tar, self._tmp = None, None
         self._reset_stats()
         self.index += 1
         self.finished.append(info)
         if self.on_shard is not None:
             self.on_shard(info)
+
+    def _final(self) -> Path:
+        """The name the shard in progress gets when it is complete."""
+        assert self._tmp is not None
+        return self._tmp.with_name(self._tmp.name[: -len(TMP_SUFFIX)])
 
     def close(self) -> list[ShardInfo]:
         """Finish the last (partial) shard; returns every shard this writer finished."""
@@ -131,7 +139,10 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the shard in progress (its temporary file), keeping the finished ones."""
         if self._tar is not None:
-            self._tar.close()
+            try:
+                self._tar.close()
+            except OSError:  # the disk that failed the write may fail the close too; the file goes anyway
+                pass
             if self._tmp is not None:
                 self._tmp.unlink(missing_ok=True)
         self._tar, self._tmp = None, None

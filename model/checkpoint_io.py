@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from data_pipeline.atomic_files import atomic_path, write_text_atomic
+from data_pipeline.atomic_files import atomic_path, output_folder, write_text_atomic
 from data_pipeline.schema import BadInputError
 from model.atomfm import AtomFM, ModelConfig
 from model.checkpoint_layout import MODEL_CONFIG, CheckpointFolder, read_weights
@@ -71,8 +71,7 @@ def save_export(model: AtomFM, out_dir: str | os.PathLike) -> Path:
         model = copy.deepcopy(model)
         merge_lora(model)
         model.config.lora = LoRAConfig()
-    files = CheckpointFolder(Path(out_dir))
-    files.path.mkdir(parents=True, exist_ok=True)
+    files = CheckpointFolder(output_folder(out_dir))
     tensors = {
         k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
         for k, v in model.state_dict().items()

@@ -3,7 +3,11 @@ no traceback and a message naming the file and the field; with --skip-bad a bad 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
 from hostile import assert_refused, atomfm
@@ -102,3 +106,103 @@ def test_an_unparsable_frame_is_counted_and_the_frames_after_it_are_kept(tmp_pat
     assert outcome.code == 0, outcome.err
     record = read_manifest(tmp_path / "corpus").sources["frames"]
     assert record["structures"] == 2 and record["skipped"] == {"atomic_numbers": 1}
+
+
+def many_waters(folder: Path, count: int = 12) -> Path:
+    path = folder / "waters.extxyz"
+    path.write_text("".join(xyz(f"energy={-i}.0") for i in range(count)))
+    return path
+
+
+def test_an_out_that_is_a_file_is_named(tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a folder")
+    outcome = atomfm(capsys, "data", "ingest", many_waters(tmp_path), "--out", tmp_path / "taken")
+    assert_refused(outcome, tmp_path / "taken", "is a file")
+
+
+def test_an_out_under_a_file_names_the_file(tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a folder")
+    outcome = atomfm(capsys, "data", "ingest", many_waters(tmp_path), "--out", tmp_path / "taken" / "corpus")
+    assert_refused(outcome, tmp_path / "taken" / "corpus", f"under {tmp_path / 'taken'}")
+
+
+def test_a_read_only_out_is_named(tmp_path, capsys, monkeypatch):
+    """As root no folder is read-only to us, so the file system's refusal is what the test gives."""
+    out = tmp_path / "readonly"
+    real_mkstemp = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == out:
+            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    outcome = atomfm(capsys, "data", "ingest", many_waters(tmp_path), "--out", out)
+    assert_refused(outcome, out, "read-only")
+
+
+def test_a_disk_that_fills_up_in_a_shard_is_named_and_the_manifest_stays_consistent(
+    tmp_path, capsys, monkeypatch
+):
+    import webdataset
+
+    real_write = webdataset.TarWriter.write
+    written = []
+
+    def fill_up(self, sample):
+        written.append(sample)
+        if len(written) > 7:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, sample)
+
+    monkeypatch.setattr(webdataset.TarWriter, "write", fill_up)
+    out = tmp_path / "corpus"
+    args = (
+        "data",
+        "ingest",
+        many_waters(tmp_path),
+        "--out",
+        out,
+        "--shard-size",
+        "3",
+        "--split-fractions",
+        "1,0,0",
+    )
+    assert_refused(atomfm(capsys, *args), "waters-molecule-train-000002.tar", "disk is full")
+    manifest = read_manifest(out)
+    assert [s.path for s in manifest.shards] == [f"waters-molecule-train-00000{i}.tar" for i in (0, 1)]
+    assert sorted(p.name for p in out.glob("*.tar*")) == [s.path for s in manifest.shards]
+    assert atomfm(capsys, "data", "inspect", out).code == 0
+    monkeypatch.setattr(webdataset.TarWriter, "write", real_write)
+    assert atomfm(capsys, *args).code == 0, "the same command resumes once there is space"
+    assert read_manifest(out).sources["waters"]["structures"] == 12
+
+
+def test_a_disk_that_fills_up_writing_the_manifest_is_named(tmp_path, capsys, monkeypatch):
+    import data_pipeline.atomic_files as atomic_files
+
+    real_publish = atomic_files.publish
+
+    def fill_up(tmp, final):
+        if (
+            Path(final).name == "manifest.json"
+            and (Path(final).parent / "waters-molecule-train-000000.tar").exists()
+        ):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_publish(tmp, final)
+
+    monkeypatch.setattr(atomic_files, "publish", fill_up)
+    out = tmp_path / "corpus"
+    args = (
+        "data",
+        "ingest",
+        many_waters(tmp_path),
+        "--out",
+        out,
+        "--shard-size",
+        "3",
+        "--split-fractions",
+        "1,0,0",
+    )
+    assert_refused(atomfm(capsys, *args), out / "manifest.json", "disk is full")
+    assert read_manifest(out).shards == [] and not list(out.glob(".manifest.json*"))

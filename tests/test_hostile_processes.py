@@ -137,3 +137,54 @@ def test_sigterm_stops_a_run_stuck_outside_a_step(tmp_path):
         proc.kill()
     assert proc.returncode == 0, output
     assert "SIGTERM received outside a step" in output and "Traceback" not in output
+
+
+# `atomfm data ...` alone (the other command groups import the whole model).
+DATA_CLI = (
+    "import argparse, sys; from data_pipeline.cli import register; p = argparse.ArgumentParser(prog='atomfm'); "
+    "register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+)
+
+
+def limit_file_size(limit: int) -> None:
+    """In the child: files may not grow past ``limit`` bytes, and the write fails (EFBIG) instead of a signal."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_ingest_on_a_file_system_that_refuses_to_grow_a_shard_names_it_and_keeps_the_manifest(tmp_path):
+    from ase.build import molecule
+    from ase.io import write
+
+    from data_pipeline.inspect_corpus import inspect_corpus
+    from data_pipeline.manifest import read_manifest
+
+    inputs = tmp_path / "ethanol.extxyz"
+    write(inputs, [molecule("CH3CH2OH")] * 60)
+    out = tmp_path / "corpus"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            DATA_CLI,
+            "data",
+            "ingest",
+            str(inputs),
+            "--out",
+            str(out),
+            "--shard-size",
+            "40",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: limit_file_size(40_000),
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "File too large" in result.stderr
+    assert str(out / "ethanol-molecule-train-000000.tar") in result.stderr
+    assert read_manifest(out).shards == [] and not inspect_corpus(out)["verification"]["bad"]
