@@ -33,19 +33,14 @@ from data_pipeline.atomic_files import is_temporary_of, output_folder, writing
 from data_pipeline.labels import LABELLERS, LabelOutcome, label_outcomes
 from data_pipeline.manifest import Manifest, ShardInfo, manifest_path, read_manifest, write_manifest
 from data_pipeline.schema import DOMAINS, BadInputError, Structure, validate
-from data_pipeline.shards import TMP_SUFFIX, ShardWriter, sha256_of
-from data_pipeline.splits import DEFAULT_FRACTIONS, SPLITS, assign_split, check_fractions
+from data_pipeline.shards import TMP_SUFFIX, ShardWriter, sha256_of, shard_pattern
+from data_pipeline.splits import DEFAULT_FRACTIONS, assign_split, check_fractions
 
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 LOCK_NAME = ".ingest.lock"
 _SHARD_INDEX = re.compile(r"-(\d{6})\.tar$")
-
-
-def shard_pattern(source: str) -> re.Pattern[str]:
-    """File names of ``source``'s finished shards (``{source}-{domain}-{split}-{index:06d}.tar``)."""
-    return re.compile(rf"^{re.escape(source)}-({'|'.join(DOMAINS)})-({'|'.join(SPLITS)})-\d{{6}}\.tar$")
 
 
 def check_source_name(source: str) -> str:

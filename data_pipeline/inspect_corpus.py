@@ -3,6 +3,8 @@
 The summary comes from ``manifest.json`` alone. Verification checks each listed shard's size and sha256,
 then reads it through webdataset's tar reader and decodes every sample, which catches truncated tars and
 damaged samples; shard files the manifest does not list (orphans, unfinished ``.tar.tmp``) are reported too.
+The manifest is checked against itself: a source whose record counts other shards or structures than the
+manifest lists for it makes the corpus inconsistent (its unlisted shard files on disk are named with it).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from webdataset.tariterators import tarfile_samples
 from data_pipeline.manifest import Manifest, ShardInfo, read_manifest
 from data_pipeline.sample_codec import decode_sample
 from data_pipeline.schema import BadInputError
-from data_pipeline.shards import TMP_SUFFIX, sha256_of
+from data_pipeline.shards import TMP_SUFFIX, sha256_of, shard_pattern
 
 LABELS: tuple[str, ...] = ("energy", "forces", "stress")
 TOP_ELEMENTS = 8
@@ -136,6 +138,30 @@ def orphan_files(corpus: Path, manifest: Manifest) -> list[str]:
     )
 
 
+def inconsistencies(manifest: Manifest, orphans: list[str]) -> list[str]:
+    """Where the manifest contradicts itself: per source, what its record counts against what is listed."""
+    found = []
+    for name, record in sorted(manifest.sources.items()):
+        listed = manifest.select(source=name)
+        structures = sum(s.num_samples for s in listed)
+        own_orphans = [o for o in orphans if shard_pattern(name).match(o)]
+        claimed = (record.get("shards"), record.get("structures"))
+        problems = []
+        if claimed != (None, None) and claimed != (len(listed), structures):
+            problems.append(
+                f"its record counts {claimed[0]} shards with {claimed[1]} structures, but the manifest lists "
+                f"{len(listed)} with {structures}"
+            )
+        if problems and own_orphans:
+            problems.append(f"its shard files {', '.join(own_orphans)} are on disk but not listed")
+        if problems:
+            found.append(
+                f"source {name} ({record.get('status')}): {'; '.join(problems)}; re-run its "
+                "`atomfm data ingest` with --rebuild"
+            )
+    return found
+
+
 def inspect_corpus(corpus: str | Path, *, verify: bool = True) -> dict[str, Any]:
     """The corpus report: manifest summary, per-domain stats, sources, and per-shard verification."""
     root = Path(corpus)
@@ -149,6 +175,7 @@ def inspect_corpus(corpus: str | Path, *, verify: bool = True) -> dict[str, Any]
         name: {k: rec.get(k) for k in ("status", "structures", "shards", "skipped")}
         for name, rec in sorted(manifest.sources.items())
     }
+    orphans = orphan_files(root, manifest)
     return {
         "corpus": str(root),
         "summary": manifest.summary(),
@@ -158,7 +185,8 @@ def inspect_corpus(corpus: str | Path, *, verify: bool = True) -> dict[str, Any]
             "checks": "size, sha256, full read" if verify else "presence and size",
             "shards": len(manifest.shards),
             "bad": bad,
-            "orphans": orphan_files(root, manifest),
+            "orphans": orphans,
+            "inconsistent": inconsistencies(manifest, orphans),
         },
     }
 
@@ -226,19 +254,24 @@ def format_report(report: dict[str, Any]) -> str:
         for path, problems in ver["bad"].items():
             for problem in problems:
                 lines.append(f"  BAD {path}: {problem}")
+    elif ver["inconsistent"]:
+        lines.append(f"verification ({ver['checks']}): the manifest is INCONSISTENT")
     else:
         lines.append(f"verification ({ver['checks']}): all {ver['shards']} shards intact")
+    for problem in ver["inconsistent"]:
+        lines.append(f"  INCONSISTENT {problem}")
     for name in ver["orphans"]:
         lines.append(f"  orphan {name}: on disk but not in the manifest (left by an interrupted ingest?)")
     return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
-    """The `atomfm data inspect` command: 0 if every shard is intact, 1 if any is bad, 2 on unusable input."""
+    """The `atomfm data inspect` command: 0 if every shard is intact and the manifest consistent, 1 if not, 2 on
+    unusable input."""
     try:
         report = inspect_corpus(args.corpus, verify=not args.no_verify)
     except BadInputError as err:
         print(f"atomfm data inspect: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=1) if args.json else format_report(report))
-    return 1 if report["verification"]["bad"] else 0
+    return 1 if report["verification"]["bad"] or report["verification"]["inconsistent"] else 0

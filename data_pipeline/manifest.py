@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.atomic_files import write_text_atomic
+from data_pipeline.config_mapping import from_mapping
 from data_pipeline.schema import BadInputError
 
 MANIFEST_NAME = "manifest.json"
@@ -40,8 +41,21 @@ class ShardInfo:
     sha256: str
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ShardInfo:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+    def from_dict(cls, d: Any, *, source: str | None = None, prefix: str = "") -> ShardInfo:
+        """From a manifest entry: every field present and of its type, the counts consistent."""
+        info = from_mapping(cls, d, source=source, prefix=prefix)
+        where = f"{prefix}." if prefix else ""
+        for name in ("num_samples", "num_atoms", "bytes"):
+            if getattr(info, name) < 0:
+                raise BadInputError(f"negative count {getattr(info, name)}", path=source, field=where + name)
+        if len(info.natoms) != info.num_samples or sum(info.natoms) != info.num_atoms:
+            raise BadInputError(
+                f"{len(info.natoms)} per-sample atom counts summing to {sum(info.natoms)}, but num_samples "
+                f"{info.num_samples} and num_atoms {info.num_atoms}",
+                path=source,
+                field=where + "natoms",
+            )
+        return info
 
 
 @dataclass
@@ -118,17 +132,23 @@ def read_manifest(corpus: str | Path) -> Manifest:
         )
     try:
         raw = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
         raise BadInputError(f"unreadable manifest ({err})", path=str(path)) from None
+    if not isinstance(raw, dict):
+        raise BadInputError(f"expected a JSON object, got a {type(raw).__name__}", path=str(path))
     if raw.get("format") != FORMAT:
         raise BadInputError(
             f"not an atomfm corpus manifest (format={raw.get('format')!r})", path=str(path), field="format"
         )
-    try:
-        shards = [ShardInfo.from_dict(d) for d in raw.get("shards", [])]
-    except KeyError as err:
-        raise BadInputError("shard entry lacks a field", path=str(path), field=str(err.args[0])) from None
-    return Manifest(shards=shards, sources=raw.get("sources", {}))
+    entries, sources = raw.get("shards", []), raw.get("sources", {})
+    if not isinstance(entries, list):
+        raise BadInputError(
+            f"expected a list, got a {type(entries).__name__}", path=str(path), field="shards"
+        )
+    if not isinstance(sources, dict) or not all(isinstance(r, dict) for r in sources.values()):
+        raise BadInputError("expected {source name: record object}", path=str(path), field="sources")
+    shards = [ShardInfo.from_dict(d, source=str(path), prefix=f"shards[{i}]") for i, d in enumerate(entries)]
+    return Manifest(shards=shards, sources=sources)
 
 
 def write_manifest(corpus: str | Path, manifest: Manifest) -> Path:

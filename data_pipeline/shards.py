@@ -7,6 +7,7 @@ half shard that looks whole. Shard names: ``{source}-{domain}-{split}-{index:06d
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,8 @@ from ase.data import chemical_symbols
 from data_pipeline.atomic_files import output_folder, publish, writing
 from data_pipeline.manifest import ShardInfo
 from data_pipeline.sample_codec import encode_sample
-from data_pipeline.schema import Structure
+from data_pipeline.schema import DOMAINS, Structure
+from data_pipeline.splits import SPLITS
 
 TMP_SUFFIX = ".tmp"
 # Tar member timestamps are fixed so that the same records always give byte-identical shards (same sha256).
@@ -26,6 +28,11 @@ MEMBER_MTIME = 0  # an int: a float mtime makes tarfile add a PAX header (1 KB) 
 
 def shard_name(source: str, domain: str, split: str, index: int) -> str:
     return f"{source}-{domain}-{split}-{index:06d}.tar"
+
+
+def shard_pattern(source: str) -> re.Pattern[str]:
+    """File names of ``source``'s finished shards (``{source}-{domain}-{split}-{index:06d}.tar``)."""
+    return re.compile(rf"^{re.escape(source)}-({'|'.join(DOMAINS)})-({'|'.join(SPLITS)})-\d{{6}}\.tar$")
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:

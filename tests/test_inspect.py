@@ -89,6 +89,7 @@ def test_good_corpus_passes_with_a_true_table(corpus, capsys):
         "shards": 10,
         "bad": {},
         "orphans": [],
+        "inconsistent": [],
     }
     mol, mat = report["domains"]["molecule"], report["domains"]["material"]
     atoms = [len(g2[name]) for name in islice(g2.names, 60)]
