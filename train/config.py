@@ -57,7 +57,8 @@ class ValidationConfig:
     """every: steps between validations (0: never). metric: the key of the best checkpoint (lower is better):
     ``val/<domain|all|mean>/<energy_mae|force_mae|stress_mae>``; ``mean`` weighs every domain once,
     ``all`` pools their atoms (proteins dominate it). patience: validations without
-    improvement before the run stops (0: never stop early). max_structures: score a fixed subset."""
+    improvement before the run stops (0: never stop early). max_structures: score a fixed subset. domains:
+    only these (a stage that does not train proteins need not spend minutes scoring them)."""
 
     every: int = 0
     split: str = "val"
@@ -65,6 +66,7 @@ class ValidationConfig:
     patience: int = 0
     max_structures: int | None = None
     max_atoms: int = 2048
+    domains: list[str] | None = None  # score only these domains (None: every domain of the split)
 
     def problems(self) -> dict[str, str]:
         out = {}
@@ -82,6 +84,9 @@ class ValidationConfig:
             out["metric"] = (
                 f"expected val/<all|mean|{'|'.join(DOMAINS)}>/<{'|'.join(VALIDATION_METRICS)}>, got {self.metric!r}"
             )
+        unknown = [d for d in self.domains or [] if d not in DOMAINS]
+        if unknown:
+            out["domains"] = f"unknown domains {unknown}; expected some of {', '.join(DOMAINS)}"
         return out
 
 

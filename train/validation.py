@@ -37,6 +37,8 @@ class Validator:
             raise BadInputError(
                 f"validation: {err.reason}", path=err.path, field="validation.split"
             ) from None
+        if cfg.domains is not None:
+            structures = [s for s in structures if s.domain in cfg.domains]
         if cfg.max_structures is not None:
             structures = structures[: cfg.max_structures]
         self.total = len(structures)
