@@ -18,7 +18,14 @@ from safetensors.torch import save_file
 from data_pipeline.atomic_files import atomic_path, output_folder, write_text_atomic
 from data_pipeline.schema import BadInputError
 from model.atomfm import AtomFM, ModelConfig
-from model.checkpoint_layout import MODEL_CONFIG, CheckpointFolder, read_weights
+from model.checkpoint_layout import (
+    EXPORT_WEIGHTS,
+    MODEL_CONFIG,
+    CheckpointFolder,
+    read_weights,
+    verify_checkpoint,
+    write_checksums,
+)
 from model.lora import LoRAConfig, has_lora, merge_lora
 
 # Prefixes a training wrapper may put in front of the model's parameter names.
@@ -34,6 +41,7 @@ def load_model(
         raise BadInputError("no such checkpoint or export folder", path=str(folder))
     if not folder.is_dir():
         raise BadInputError(f"expected a folder holding {MODEL_CONFIG} and the weights", path=str(folder))
+    verify_checkpoint(folder)
     config = read_config(CheckpointFolder(folder).model_config)
     model = AtomFM(config)
     state = read_weights(folder)
@@ -79,6 +87,7 @@ def save_export(model: AtomFM, out_dir: str | os.PathLike) -> Path:
     with atomic_path(files.export_weights) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
     write_text_atomic(files.model_config, json.dumps(model.config.to_dict(), indent=2))
+    write_checksums(files.path, [EXPORT_WEIGHTS, MODEL_CONFIG])
     return files.path
 
 

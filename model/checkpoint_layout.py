@@ -11,13 +11,19 @@ A run folder keeps its checkpoints in ``<run>/checkpoints/step_00000100/``:
 | ``trainer_state.json`` | rank 0 | step counters, skipped steps, world size |
 | ``config.yaml`` | rank 0 | the resolved run config |
 | ``model_config.json`` | rank 0 | what :func:`model.checkpoint_io.load_model` rebuilds the model from |
+| ``checksums.json`` | rank 0 | size and sha256 of every other file, written last |
 
-An export folder holds ``model.safetensors`` (fp32) and ``model_config.json``. A folder named ``step_*`` is
-complete by construction: it gets that name (from ``.tmp-step_*``) only once every rank has written.
+An export folder holds ``model.safetensors`` (fp32), ``model_config.json`` and ``checksums.json``. A folder
+named ``step_*`` is complete by construction: it gets that name (from ``.tmp-step_*``) only once every rank has
+written. What happens to it later (a flipped bit, a truncated or deleted file) :func:`checkpoint_damage` finds
+from its checksums, as DeepSpeed does not: resuming skips a damaged checkpoint for the newest intact one, and
+export and loading refuse it, naming the file. A folder without ``checksums.json`` was written before checksums
+and is read unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -43,6 +49,9 @@ DEEPSPEED_MODEL_STATES = "mp_rank_00_model_states.pt"  # ZeRO-0/1/2 module weigh
 DEEPSPEED_OPTIMIZER_GLOB = "*_optim_states.pt"  # ZeRO partitions of the fp32 master weights
 RANK_FILE_GLOB = "rank_*.pt"
 BEST_FILE = "best.json"  # in <run>/checkpoints/: which checkpoint scored best in validation
+CHECKSUMS_FILE = "checksums.json"
+CHECKSUMS_FORMAT = "atomfm-checksums"
+DAMAGED_PREFIX = "damaged-"  # a damaged checkpoint moved aside by a resume (not a step_* folder any more)
 
 
 def rank_file(rank: int) -> str:
@@ -94,8 +103,80 @@ class CheckpointFolder:
         return sorted(self.path.glob(RANK_FILE_GLOB))
 
     @property
+    def checksums(self) -> Path:
+        return self.path / CHECKSUMS_FILE
+
+    @property
     def is_training_checkpoint(self) -> bool:
         return self.trainer_state.is_file()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files_below(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
+
+
+def write_checksums(folder: Path, names: list[str] | None = None) -> Path:
+    """Record the size and sha256 of the files ``names`` of ``folder`` (default: every file below it) in its
+    ``checksums.json``, written last."""
+    from data_pipeline.atomic_files import write_text_atomic
+
+    paths = _files_below(folder) if names is None else [folder / name for name in names]
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in paths}
+    record = {"format": CHECKSUMS_FORMAT, "files": files}
+    return write_text_atomic(CheckpointFolder(folder).checksums, json.dumps(record, indent=1))
+
+
+def checkpoint_damage(folder: Path) -> list[str] | None:
+    """What is wrong with ``folder`` by its checksums (``[]``: intact), or None when it has none to check."""
+    pointer = CheckpointFolder(folder).checksums
+    if not pointer.is_file():
+        return None
+    try:
+        record = json.loads(pointer.read_text())
+        listed = record["files"]
+        if record.get("format") != CHECKSUMS_FORMAT or not isinstance(listed, dict):
+            raise ValueError("not an atomfm checksum record")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return [f"{CHECKSUMS_FILE} is unreadable ({err})"]
+    problems = []
+    for name, expected in sorted(listed.items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != expected.get("bytes"):
+            problems.append(f"{name} has {path.stat().st_size} bytes, {expected.get('bytes')} when written")
+        elif _sha256(path) != expected.get("sha256"):
+            problems.append(f"{name} fails its sha256 checksum (a changed or flipped byte)")
+    return problems
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Raise :class:`BadInputError` naming the first damaged file of ``folder`` (unverifiable folders pass)."""
+    problems = checkpoint_damage(folder)
+    if problems:
+        raise BadInputError(
+            f"damaged: {'; '.join(problems)}; use another checkpoint (`ls {folder.parent}`)", path=str(folder)
+        )
+
+
+def newest_intact_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, list[str]]]]:
+    """The newest checkpoint of a run whose files match their checksums, and the newer ones that do not
+    (each with what is wrong), newest first."""
+    skipped = []
+    for folder in reversed(list_checkpoints(run_dir)):
+        problems = checkpoint_damage(folder)
+        if not problems:
+            return folder, skipped
+        skipped.append((folder, problems))
+    return None, skipped
 
 
 def checkpoints_root(run_dir: str | os.PathLike) -> Path:

@@ -101,6 +101,7 @@ def test_export_and_ddp_checkpoint_reload_the_same_model(tmp_path):
 
     save_export(model, tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "checksums.json",
         "model.safetensors",
         "model_config.json",
     ]
@@ -223,7 +224,9 @@ def test_the_direct_head_is_served_only_when_asked_and_is_flagged(tmp_path):
     model = small_model(seed=2, conservative_forces=False)
     save_export(model, tmp_path / "direct")
     atoms = water()
-    atoms.calc = AtomFMCalculator.from_checkpoint(tmp_path / "direct", forces="direct", level_of_theory="gfn2-xtb")
+    atoms.calc = AtomFMCalculator.from_checkpoint(
+        tmp_path / "direct", forces="direct", level_of_theory="gfn2-xtb"
+    )
     assert not atoms.calc.conserves_energy
     expected = model(batch_of(atoms), ("forces",), conservative=False)["forces"].detach().numpy()
     np.testing.assert_allclose(atoms.get_forces(), expected, rtol=1e-5, atol=1e-6)

@@ -188,3 +188,37 @@ def test_ingest_on_a_file_system_that_refuses_to_grow_a_shard_names_it_and_keeps
     assert "Traceback" not in result.stderr and "File too large" in result.stderr
     assert str(out / "ethanol-molecule-train-000000.tar") in result.stderr
     assert read_manifest(out).shards == [] and not inspect_corpus(out)["verification"]["bad"]
+
+
+@pytest.mark.timeout(240)
+def test_a_run_killed_and_then_damaged_resumes_from_its_newest_intact_checkpoint(tmp_path, capsys):
+    from launch.cli import main
+    from model.checkpoint_layout import list_checkpoints
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, molecules(12), shard_size=4)
+    config = train_config(corpus, tmp_path / "run", run={"max_steps": 10_000, "keep_last": 3})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", "train", "--config", str(config), "--no-wandb"],
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), WANDB_MODE="disabled"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while len(list_checkpoints(tmp_path / "run")) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no two checkpoints written"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    *_, older, latest = list_checkpoints(tmp_path / "run")
+    (latest / "rank_00000.pt").write_bytes((latest / "rank_00000.pt").read_bytes()[:100])
+    older_step = int(older.name.split("_")[1])
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), f"run.max_steps={older_step + 2}"]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped damaged checkpoint {latest.name} (rank_00000.pt has 100 bytes" in out
+    assert f"resumed from {older} at step {older_step}" in out

@@ -213,6 +213,23 @@ def test_zero2_conservative_forces_on_two_ranks_under_torchrun(zero2_run):
     assert json.loads((final / "model_config.json").read_text())["main_level_of_theory"] == "gfn2-xtb"
 
 
+def test_a_bit_flipped_in_a_zero2_optimiser_shard_is_refused_at_export(zero2_run, tmp_path, capsys):
+    """The ZeRO-2 export joins the fp32 master weights of the optimiser shards: one flipped bit there used to
+    export silently as a weight of 1e37. The checkpoint's checksums refuse it, naming the shard."""
+    from launch.cli import main as atomfm
+
+    final = list_checkpoints(Path(zero2_run["run"]["out_dir"]))[-1]
+    damaged = Path(shutil.copytree(final, tmp_path / final.name))
+    shard = sorted((damaged / "ds" / "state").glob("*optim_states.pt"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    shard.write_bytes(bytes(data))
+    assert atomfm(["export", str(damaged), "--out", str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err
+    assert f"ds/state/{shard.name} fails its sha256" in err and "Traceback" not in err
+    assert atomfm(["export", str(final), "--out", str(tmp_path / "export")]) == 0
+
+
 def test_two_rank_gradients_equal_one_process_on_the_global_batch(zero2_run):
     from torch_geometric.data import Batch
 
@@ -226,9 +243,7 @@ def test_two_rank_gradients_equal_one_process_on_the_global_batch(zero2_run):
     cfg = load_config(zero2_run["path"], ["data.num_workers=0"])
     seed_everything(cfg.run.seed)
     model = build_model(cfg).train()
-    model.reference_energies.set_table(
-        fit_reference_energies_on_corpus(cfg.data.corpus, "train", 13).table
-    )
+    model.reference_energies.set_table(fit_reference_energies_on_corpus(cfg.data.corpus, "train", 13).table)
     stream_cfg = StreamConfig.from_dict(cfg.data)
     halves = [next(iter(StructureStream(stream_cfg, rank, 2))) for rank in range(2)]
     merged = Batch.from_data_list(halves[0].to_data_list() + halves[1].to_data_list())

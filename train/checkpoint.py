@@ -18,12 +18,15 @@ import torch
 from data_pipeline.atomic_files import fsync_dir, torch_save_atomic, write_text_atomic
 from data_pipeline.schema import BadInputError
 from model.checkpoint_layout import (
+    DAMAGED_PREFIX,
     TMP_PREFIX,
     CheckpointFolder,
     checkpoint_name,
     checkpoints_root,
     list_checkpoints,
     load_torch_file,
+    newest_intact_checkpoint,
+    write_checksums,
 )
 from train.config import TrainConfig, save_resolved_config
 from train.ema import ParameterEMA, consolidate_partitions
@@ -99,6 +102,7 @@ class CheckpointManager:
             write_text_atomic(files.model_config, json.dumps(engine.module.config.to_dict(), indent=2))
         self.ctx.barrier()
         if self.ctx.is_main:
+            write_checksums(tmp)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -131,6 +135,40 @@ class CheckpointManager:
             ema.load_state_dict(own["ema"] if ema.partitioned else load_torch_file(files.ema))
         restore_rng_states(own["rng"])
         return state
+
+
+def intact_resume_point(run_dir: Path, ctx: DistContext) -> Path | None:
+    """The newest checkpoint of ``run_dir`` whose files match their checksums (rank 0 decides for all).
+
+    Each newer, damaged one is moved aside to ``damaged-step_*`` (kept for a look, out of the way of the
+    last-K retention and of the step's next save), with a line saying which and why. None damaged but none
+    intact either is an error: a fresh start would silently drop the run.
+    """
+    chosen = None
+    if ctx.is_main:
+        intact, skipped = newest_intact_checkpoint(run_dir)
+        for folder, problems in skipped:
+            aside = folder.with_name(DAMAGED_PREFIX + folder.name)
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(folder, aside)
+            print(
+                f"resume: skipped damaged checkpoint {folder.name} ({'; '.join(problems)}); moved it to {aside}",
+                flush=True,
+            )
+        if intact is None:
+            chosen = BadInputError(
+                f"every checkpoint is damaged ({', '.join(f.name for f, _ in skipped)}, moved aside); start a new "
+                "run (run.resume: never in another run.out_dir) or restore the checkpoints",
+                path=str(checkpoints_root(run_dir)),
+            )
+        else:
+            chosen = str(intact)
+            if skipped:
+                print(f"resume: resuming from {intact.name}, the newest intact checkpoint", flush=True)
+    chosen = ctx.broadcast_object(chosen)
+    if isinstance(chosen, BadInputError):
+        raise chosen
+    return Path(chosen)
 
 
 def load_ema_weights(checkpoint: Path) -> dict[str, torch.Tensor]:

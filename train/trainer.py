@@ -31,12 +31,14 @@ from model.atomfm import AtomFM
 from model.checkpoint_layout import (
     BEST_FILE,
     RUN_CONFIG,
+    CheckpointFolder,
     checkpoint_name,
     checkpoints_root,
     list_checkpoints,
     resolve_checkpoint,
+    verify_checkpoint,
 )
-from train.checkpoint import CheckpointManager
+from train.checkpoint import CheckpointManager, intact_resume_point
 from train.config import ConfigOrigin, TrainConfig, save_resolved_config
 from train.engine import TrainEngine, build_engine
 from train.engine.distributed import DistContext
@@ -222,13 +224,16 @@ class Trainer:
                     path=str(self.cfg.run_dir),
                 )
             return None
-        if choice == "auto":
-            return existing[-1] if existing else None
-        if choice == "latest":
-            if not existing:
-                raise BadInputError("--resume: no checkpoint to resume from", path=str(self.cfg.run_dir))
-            return existing[-1]
-        return resolve_checkpoint(choice)
+        if choice == "latest" and not existing:
+            raise BadInputError("--resume: no checkpoint to resume from", path=str(self.cfg.run_dir))
+        if choice in ("auto", "latest"):
+            return intact_resume_point(self.cfg.run_dir, self.ctx) if existing else None
+        chosen = Path(choice)
+        if not CheckpointFolder(chosen).is_training_checkpoint and list_checkpoints(chosen):
+            return intact_resume_point(chosen, self.ctx)
+        folder = resolve_checkpoint(chosen)
+        verify_checkpoint(folder)
+        return folder
 
     def _fit_reference_energies(self, model: AtomFM) -> None:
         pretrained = bool(self.cfg.model.init_from)
