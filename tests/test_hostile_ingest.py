@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import ase
 import pytest
 from hostile import assert_refused, atomfm
 
@@ -206,3 +207,136 @@ def test_a_disk_that_fills_up_writing_the_manifest_is_named(tmp_path, capsys, mo
     )
     assert_refused(atomfm(capsys, *args), out / "manifest.json", "disk is full")
     assert read_manifest(out).shards == [] and not list(out.glob(".manifest.json*"))
+
+
+# --- CIF: the real NiSb cell (ASE's test minerals), one site edited ---------------------------------------
+
+NISB = Path(ase.__file__).parent / "test" / "testdata" / "minerals" / "cod_1010930.cif"
+NI_SITE = "Ni1 Ni3+ 2 a 0. 0. 0. 1. 0 d\n"
+BAD_CIF = {
+    "occupancy_zero": (NI_SITE.replace(" 1. ", " 0. "), "_atom_site_occupancy"),
+    "occupancy_negative": (NI_SITE.replace(" 1. ", " -0.5 "), "_atom_site_occupancy"),
+    "occupancy_above_one": (NI_SITE.replace(" 1. ", " 1.5 "), "_atom_site_occupancy"),
+    "occupancy_a_word": (NI_SITE.replace(" 1. ", " full "), "_atom_site_occupancy"),
+    "occupancy_partial": (NI_SITE.replace(" 1. ", " 0.5 "), "_atom_site_occupancy"),
+    "unknown_element": ("Ni1 Xx 2 a 0. 0. 0. 1. 0 d\n", "_atom_site_type_symbol"),
+    "coordinate_nan": ("Ni1 Ni3+ 2 a nan 0. 0. 1. 0 d\n", "_atom_site_fract_x"),
+    "coordinate_a_word": ("Ni1 Ni3+ 2 a zero 0. 0. 1. 0 d\n", "_atom_site_fract_x"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CIF))
+def test_bad_cif_site_is_refused_naming_the_site_and_tag(case, tmp_path, capsys):
+    site, tag = BAD_CIF[case]
+    path = tmp_path / f"{case}.cif"
+    path.write_text(NISB.read_text().replace(NI_SITE, site))
+    outcome = atomfm(capsys, "data", "ingest", path, "--out", tmp_path / "corpus")
+    assert_refused(outcome, path, f"field '{tag}'", "'Ni1'")
+
+
+def test_a_cif_site_of_occupancy_zero_is_counted_under_skip_bad(tmp_path, capsys):
+    path = tmp_path / "empty_site.cif"
+    path.write_text(NISB.read_text().replace(NI_SITE, NI_SITE.replace(" 1. ", " 0. ")))
+    outcome = atomfm(capsys, "data", "ingest", path, NISB, "--out", tmp_path / "corpus", "--skip-bad")
+    assert outcome.code == 0, outcome.err
+    record = read_manifest(tmp_path / "corpus").sources["empty_site"]
+    assert record["structures"] == 1 and record["skipped"] == {"_atom_site_occupancy": 1}
+
+
+BAD_CELLS = {
+    "cell_length_zero": (("_cell_length_c                   5.12", "_cell_length_c 0"), "cell"),
+    "cell_angle_flat": (("_cell_angle_gamma                120", "_cell_angle_gamma 180"), "cell"),
+    "cell_length_a_word": (
+        ("_cell_length_a                   3.928", "_cell_length_a long"),
+        "_cell_length_a",
+    ),
+    "cell_missing": (("_cell_length_a                   3.928\n", ""), "_cell_length_a"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CELLS))
+def test_bad_cif_cell_is_refused_naming_the_tag(case, tmp_path, capsys):
+    (old, new), field = BAD_CELLS[case]
+    path = tmp_path / f"{case}.cif"
+    path.write_text(NISB.read_text().replace(old, new))
+    assert_refused(
+        atomfm(capsys, "data", "ingest", path, "--out", tmp_path / "corpus"), path, f"field '{field}'"
+    )
+
+
+# --- SDF: water as a V2000 molblock, one line edited --------------------------------------------------------
+
+WATER_ATOMS = [
+    "    0.0000    0.0000    0.1190 O   0  0  0  0  0  0  0  0  0  0  0  0",
+    "    0.0000    0.7630   -0.4770 H   0  0  0  0  0  0  0  0  0  0  0  0",
+    "    0.0000   -0.7630   -0.4770 H   0  0  0  0  0  0  0  0  0  0  0  0",
+]
+
+
+def molblock(
+    atoms: list[str] = WATER_ATOMS, bonds: tuple[str, ...] = ("  1  2  1  0", "  1  3  1  0"), dim: str = "3D"
+) -> str:
+    counts = f"{len(atoms):3d}{len(bonds):3d}  0  0  0  0  0  0  0  0999 V2000"
+    return "\n".join(
+        ["water", f"     hostile        {dim}", "", counts, *atoms, *bonds, "M  END", "$$$$", ""]
+    )
+
+
+V3000_WATER = """water
+     hostile        3D
+
+  0  0  0     0  0            999 V3000
+M  V30 BEGIN CTAB
+M  V30 COUNTS 3 2 0 0 0
+M  V30 BEGIN ATOM
+M  V30 1 O 0.0 0.0 0.119 0
+M  V30 2 H 0.0 0.763 -0.477 0
+M  V30 3 H 0.0 -0.763 -0.477 0
+M  V30 END ATOM
+M  V30 BEGIN BOND
+M  V30 1 {kind} 1 2
+M  V30 2 1 1 3
+M  V30 END BOND
+M  V30 END CTAB
+M  END
+$$$$
+"""
+BAD_SDF = {
+    **{
+        f"bond_type_{k}": (molblock(bonds=(f"  1  2{k:3d}  0", "  1  3  1  0")), "bonds")
+        for k in (0, 5, 6, 7, 8, 10, 12)
+    },
+    "v3000_query_bond": (V3000_WATER.format(kind=6), "bonds"),
+    "flat_2d": (molblock([a[:20] + "    0.0000" + a[30:] for a in WATER_ATOMS], dim="2D"), "positions"),
+    "implicit_hydrogens": (molblock(WATER_ATOMS[:1], ()), "hydrogens"),
+    "bad_valence": (molblock(bonds=("  1  2  2  0", "  1  3  2  0")), "bonds"),
+    "unknown_element": (
+        molblock([WATER_ATOMS[0][:31] + "Qq " + WATER_ATOMS[0][34:], *WATER_ATOMS[1:]]),
+        "molblock",
+    ),
+    "dummy_atom": (
+        molblock([WATER_ATOMS[0][:31] + "*  " + WATER_ATOMS[0][34:], *WATER_ATOMS[1:]]),
+        "atomic_numbers",
+    ),
+    "coordinate_nan": (molblock(["       nan" + WATER_ATOMS[0][10:], *WATER_ATOMS[1:]]), "molblock"),
+    "bond_to_a_missing_atom": (molblock(bonds=("  1  2  1  0", "  1  9  1  0")), "molblock"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SDF))
+def test_bad_sdf_record_is_refused_naming_the_field(case, tmp_path, capsys):
+    text, field = BAD_SDF[case]
+    path = tmp_path / f"{case}.sdf"
+    path.write_text(text)
+    assert_refused(
+        atomfm(capsys, "data", "ingest", path, "--out", tmp_path / "corpus"), path, f"field '{field}'"
+    )
+
+
+def test_a_query_bond_is_counted_under_skip_bad_and_the_good_molecules_kept(tmp_path, capsys):
+    path = tmp_path / "mixed.sdf"
+    path.write_text(molblock() + BAD_SDF["bond_type_5"][0] + V3000_WATER.format(kind=1))
+    outcome = atomfm(capsys, "data", "ingest", path, "--out", tmp_path / "corpus", "--skip-bad")
+    assert outcome.code == 0, outcome.err
+    record = read_manifest(tmp_path / "corpus").sources["mixed"]
+    assert record["structures"] == 2 and record["skipped"] == {"bonds": 1}

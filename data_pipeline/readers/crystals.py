@@ -1,7 +1,8 @@
 """Crystal CIF files (COD, ICSD, Materials Project style): one periodic record per data block, via pymatgen.
 
 Blocks without atom sites (e.g. a ``data_global`` block of publication details) are not records. The
-cell is checked before pymatgen expands the symmetry, so a degenerate cell or a non-finite coordinate is
+cell is checked before pymatgen expands the symmetry, so a degenerate cell, a non-finite coordinate or an
+occupancy outside (0, 1] (pymatgen drops a site of occupancy 0 without a word, changing the composition) is
 reported by CIF tag and site label. A partially occupied site is an error unless ``occupancy="majority"``,
 which keeps the species of largest occupancy (ties: first listed) and removes the site when the vacancy
 fraction is larger. The group id is the reduced Hill formula of the record.
@@ -30,6 +31,8 @@ CELL_TAGS = (
     "_cell_angle_gamma",
 )
 COORDINATE_TAGS = ("_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z")
+OCCUPANCY_TAG = "_atom_site_occupancy"
+OCCUPANCY_TOLERANCE = 1e-3  # rounding in the file (1.0004)
 
 
 def read_crystal_cif(f: InputFile) -> Iterator[Structure | BadInputError]:
@@ -49,7 +52,11 @@ def read_crystal_cif(f: InputFile) -> Iterator[Structure | BadInputError]:
 
 def crystal_record(f: InputFile, block: CifBlock, *, key: str) -> Structure | BadInputError:
     """A record from one CIF data block, or the error naming the tag or site that disqualifies it."""
-    problem = cell_problem(f, block, key=key) or coordinate_problem(f, block, key=key)
+    problem = (
+        cell_problem(f, block, key=key)
+        or coordinate_problem(f, block, key=key)
+        or occupancy_problem(f, block, key=key)
+    )
     if problem is not None:
         return problem
     with warnings.catch_warnings(record=True) as caught:
@@ -138,6 +145,27 @@ def coordinate_problem(f: InputFile, block: CifBlock, *, key: str) -> BadInputEr
             if not math.isfinite(value):
                 label = labels[row] if row < len(labels) else f"#{row}"
                 return f.error(f"site {label!r} has coordinate {text!r}", record=key, field=tag)
+    return None
+
+
+def occupancy_problem(f: InputFile, block: CifBlock, *, key: str) -> BadInputError | None:
+    """The error of a site whose occupancy is not in (0, 1] (``?`` and ``.``, unknown and default, pass)."""
+    labels = _column(block, "_atom_site_label") or _column(block, "_atom_site_type_symbol")
+    for row, text in enumerate(_column(block, OCCUPANCY_TAG)):
+        if text.strip() in ("?", "."):
+            continue
+        try:
+            value = str2float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 < value <= 1 + OCCUPANCY_TOLERANCE:
+            label = labels[row] if row < len(labels) else f"#{row}"
+            return f.error(
+                f"site {label!r} has occupancy {text!r}; an occupancy is a fraction in (0, 1] (delete an empty "
+                "site rather than give it occupancy 0)",
+                record=key,
+                field=OCCUPANCY_TAG,
+            )
     return None
 
 
