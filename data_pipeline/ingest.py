@@ -61,7 +61,9 @@ class IngestOptions:
     (keep the labels records carry).   workers: labelling processes (default: number of cores).
     inputs: JSON-serialisable description of where the structures come from (files, sizes, reader
     options); with :meth:`shard_options` it makes the fingerprint that decides between resuming and
-    rebuilding.   rebuild: rebuild the source even when the fingerprint is unchanged.
+    rebuilding. Its ``files`` list (``[{"path": ...}, ...]``, as `atomfm data ingest` writes it) names the input
+    files: a changed fingerprint that would drop a file the source was built from is refused (another input
+    of the same name) unless ``rebuild``.   rebuild: rebuild the source even when the fingerprint is unchanged.
     """
 
     source: str
@@ -409,6 +411,29 @@ def _resume_point(out_dir: Path, manifest: Manifest, source: str, record: dict[s
     return not doomed
 
 
+def input_files(inputs: Any) -> list[str]:
+    """The input file paths an ``inputs`` description names (its ``files`` list), or none."""
+    files = inputs.get("files") if isinstance(inputs, dict) else None
+    if not isinstance(files, list):
+        return []
+    return [str(f["path"]) for f in files if isinstance(f, dict) and "path" in f]
+
+
+def _refuse_to_drop_inputs(out: Path, source: str, record: dict[str, Any], inputs: Any) -> None:
+    """A rebuild of ``source`` from ``inputs`` would delete the records of a file it was built from that these
+    inputs do not include (a different file with the same stem): refuse, naming both."""
+    before, now = input_files(record.get("inputs")), input_files(inputs)
+    dropped = [path for path in before if path not in now]
+    if before and now and dropped:
+        raise BadInputError(
+            f"source {source!r} already holds {record.get('structures', 0)} structures read from "
+            f"{', '.join(dropped)}; this ingest reads {', '.join(now)}, and rebuilding the source would delete "
+            "them. Name these inputs a source of their own (--source NAME), or pass --rebuild to replace them",
+            path=str(out),
+            field="source",
+        )
+
+
 def ingest_structures(
     structures: Iterable[Structure],
     out_dir: str | Path,
@@ -431,6 +456,8 @@ def ingest_structures(
         manifest = read_manifest(out) if manifest_path(out).is_file() else Manifest()
         _remove_strays(out, manifest, source)
         record = manifest.sources.get(source)
+        if record is not None and not options.rebuild and record.get("fingerprint") != fingerprint:
+            _refuse_to_drop_inputs(out, source, record, options.inputs)
         if record is not None and (options.rebuild or record.get("fingerprint") != fingerprint):
             log.warning(
                 "rebuilding source %r (%s)",

@@ -340,3 +340,31 @@ def test_a_query_bond_is_counted_under_skip_bad_and_the_good_molecules_kept(tmp_
     assert outcome.code == 0, outcome.err
     record = read_manifest(tmp_path / "corpus").sources["mixed"]
     assert record["structures"] == 2 and record["skipped"] == {"bonds": 1}
+
+
+def test_a_different_file_of_the_same_stem_does_not_replace_the_first_ones_records(tmp_path, capsys):
+    first, second = tmp_path / "a" / "water.extxyz", tmp_path / "b" / "water.extxyz"
+    for path, count in ((first, 3), (second, 2)):
+        path.parent.mkdir()
+        path.write_text("".join(xyz(f"energy={-i}.0") for i in range(count)))
+    out = tmp_path / "corpus"
+    assert atomfm(capsys, "data", "ingest", first, "--out", out).code == 0
+    outcome = atomfm(capsys, "data", "ingest", second, "--out", out)
+    assert_refused(outcome, str(first.resolve()), str(second.resolve()), "--source", "--rebuild")
+    assert read_manifest(out).sources["water"]["structures"] == 3
+    assert atomfm(capsys, "data", "ingest", second, "--out", out, "--source", "water_b").code == 0
+    assert atomfm(capsys, "data", "ingest", second, "--out", out, "--rebuild").code == 0
+    assert {name: rec["structures"] for name, rec in read_manifest(out).sources.items()} == {
+        "water": 2,
+        "water_b": 2,
+    }
+
+
+def test_an_edited_input_file_still_rebuilds_its_source(tmp_path, capsys):
+    path = tmp_path / "water.extxyz"
+    path.write_text(xyz("energy=-1.0"))
+    out = tmp_path / "corpus"
+    assert atomfm(capsys, "data", "ingest", path, "--out", out).code == 0
+    path.write_text(xyz("energy=-1.0") + xyz("energy=-2.0"))
+    assert atomfm(capsys, "data", "ingest", path, "--out", out).code == 0
+    assert read_manifest(out).sources["water"]["structures"] == 2
