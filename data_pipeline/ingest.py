@@ -12,7 +12,6 @@ first, then its files are deleted, so the manifest never lists a missing file. T
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -21,7 +20,7 @@ import sys
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +28,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_pipeline.atomic_files import is_temporary_of, output_folder, writing
+from data_pipeline.atomic_files import is_temporary_of, output_folder
+from data_pipeline.folder_lock import folder_lock
 from data_pipeline.labels import LABELLERS, LabelOutcome, label_outcomes
 from data_pipeline.manifest import Manifest, ShardInfo, manifest_path, read_manifest, write_manifest
 from data_pipeline.schema import DOMAINS, BadInputError, Structure, validate
@@ -111,23 +111,11 @@ class IngestOptions:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-@contextmanager
-def corpus_lock(out_dir: Path) -> Iterator[None]:
+def corpus_lock(out_dir: Path) -> AbstractContextManager[None]:
     """Hold the corpus folder's ingest lock: one ingest writes a corpus at a time (released on any exit, even kill)."""
-    with writing(out_dir / LOCK_NAME):
-        handle = open(out_dir / LOCK_NAME, "a")
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BadInputError(
-                "another `atomfm data ingest` is writing this corpus; wait for it to finish",
-                path=str(out_dir),
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return folder_lock(
+        out_dir, LOCK_NAME, "another `atomfm data ingest` is writing this corpus; wait for it to finish"
+    )
 
 
 def _now() -> str:

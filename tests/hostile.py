@@ -7,6 +7,9 @@ raises instead of returning a code fails the test with that traceback, which is 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +40,30 @@ class Outcome:
     err: str
 
 
-def atomfm(capsys: pytest.CaptureFixture, *args: object) -> Outcome:
-    """``atomfm ARGS`` in this process: its exit code (argparse's ``SystemExit`` included) and output."""
-    capsys.readouterr()
+@contextmanager
+def own_environment() -> Iterator[None]:
+    """Undo what a command sets in ``os.environ`` (a training's process-group address, rank, world size)."""
+    saved = dict(os.environ)
     try:
-        code = main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run(*args: object) -> int:
+    """``atomfm ARGS`` in this process: its exit code (argparse's ``SystemExit`` included)."""
+    with own_environment():
+        try:
+            return main([str(a) for a in args])
+        except SystemExit as stop:
+            return stop.code if isinstance(stop.code, int) else 1
+
+
+def atomfm(capsys: pytest.CaptureFixture, *args: object) -> Outcome:
+    """``atomfm ARGS`` in this process: its exit code and what it printed."""
+    capsys.readouterr()
+    code = run(*args)
     captured = capsys.readouterr()
     return Outcome(code, captured.out, captured.err)
 
@@ -85,3 +105,13 @@ def train_config(corpus: Path, out: Path, **sections: dict) -> Path:
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+# What an in-process training leaves in os.environ for its process group; a child must pick its own.
+PROCESS_GROUP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def child_environment(root: Path) -> dict[str, str]:
+    """The environment of a child ``atomfm`` process: one thread, no wandb, no inherited process group."""
+    env = {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_VARIABLES}
+    return env | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), "WANDB_MODE": "disabled"}

@@ -9,11 +9,11 @@ import os
 import shutil
 from pathlib import Path
 
+import hostile
 import pytest
 from hostile import assert_refused, atomfm, train_config
 from stream_corpus import crystals, molecules, write_corpus
 
-from launch.cli import main
 from model.checkpoint_layout import list_checkpoints, write_checksums
 
 
@@ -23,7 +23,7 @@ def trained(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("trained")
     write_corpus(folder / "corpus", molecules(12) + crystals(6), shard_size=6)
     config = train_config(folder / "corpus", folder / "run")
-    assert main(["train", "--config", str(config)]) == 0
+    assert hostile.run("train", "--config", config) == 0
     return folder / "run"
 
 

@@ -9,10 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hostile import assert_refused, atomfm
+from hostile import assert_refused, atomfm, run
 from test_hostile_ingest import xyz
-
-from launch.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +20,7 @@ def ingested(tmp_path_factory) -> Path:
     inputs = folder / "waters.extxyz"
     inputs.write_text("".join(xyz(f"energy={-i}.0") for i in range(9)))
     args = ["data", "ingest", str(inputs), "--out", str(folder / "corpus"), "--shard-size", "3"]
-    assert main([*args, "--split-fractions", "1,0,0"]) == 0
+    assert run(*args, "--split-fractions", "1,0,0") == 0
     return folder / "corpus"
 
 

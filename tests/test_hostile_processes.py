@@ -3,7 +3,6 @@ stop a run, a killed run that must resume from an intact checkpoint. Every child
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import train_config
+from hostile import child_environment, run, train_config
 from stream_corpus import molecules, write_corpus
 
 from data_pipeline.schema import Structure
@@ -27,7 +26,7 @@ def python(code: str, timeout: float = 60, **env: str) -> subprocess.CompletedPr
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env),
+        env=child_environment(ROOT) | env,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -121,15 +120,18 @@ def test_sigterm_stops_a_run_stuck_outside_a_step(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", STUCK_RUN, str(config)],
         cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), WANDB_MODE="disabled"),
+        env=child_environment(ROOT),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
+        seen = []
         for line in proc.stdout:
+            seen.append(line)
             if "waiting for data" in line:
                 break
+        assert proc.poll() is None, "".join(seen)
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=60)[0]
@@ -178,7 +180,7 @@ def test_ingest_on_a_file_system_that_refuses_to_grow_a_shard_names_it_and_keeps
             "40",
         ],
         cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)),
+        env=child_environment(ROOT),
         capture_output=True,
         text=True,
         timeout=120,
@@ -192,7 +194,6 @@ def test_ingest_on_a_file_system_that_refuses_to_grow_a_shard_names_it_and_keeps
 
 @pytest.mark.timeout(240)
 def test_a_run_killed_and_then_damaged_resumes_from_its_newest_intact_checkpoint(tmp_path, capsys):
-    from launch.cli import main
     from model.checkpoint_layout import list_checkpoints
 
     corpus = tmp_path / "corpus"
@@ -201,7 +202,7 @@ def test_a_run_killed_and_then_damaged_resumes_from_its_newest_intact_checkpoint
     proc = subprocess.Popen(
         [sys.executable, "-m", "launch.cli", "train", "--config", str(config), "--no-wandb"],
         cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), WANDB_MODE="disabled"),
+        env=child_environment(ROOT),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -218,7 +219,38 @@ def test_a_run_killed_and_then_damaged_resumes_from_its_newest_intact_checkpoint
     (latest / "rank_00000.pt").write_bytes((latest / "rank_00000.pt").read_bytes()[:100])
     older_step = int(older.name.split("_")[1])
     capsys.readouterr()
-    assert main(["train", "--config", str(config), f"run.max_steps={older_step + 2}"]) == 0
+    assert run("train", "--config", config, f"run.max_steps={older_step + 2}") == 0
     out = capsys.readouterr().out
     assert f"skipped damaged checkpoint {latest.name} (rank_00000.pt has 100 bytes" in out
     assert f"resumed from {older} at step {older_step}" in out
+
+
+@pytest.mark.timeout(180)
+def test_a_second_training_of_a_folder_a_live_run_writes_is_refused_and_a_killed_run_frees_it(
+    tmp_path, capsys
+):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, molecules(12), shard_size=4)
+    config = train_config(corpus, tmp_path / "run", run={"max_steps": 10_000, "checkpoint_every": 10_000})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", "train", "--config", str(config), "--no-wandb"],
+        cwd=ROOT,
+        env=child_environment(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and metrics.read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the first run logged no step"
+            time.sleep(0.05)
+        capsys.readouterr()
+        assert run("train", "--config", config, "run.max_steps=2") == 2
+        err = capsys.readouterr().err
+        assert "another training is writing this run.out_dir" in err and f"process {proc.pid}" in err
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert run("train", "--config", config, "run.max_steps=2", "run.checkpoint_every=1") == 0

@@ -3,6 +3,7 @@ refused with exit code 2, no traceback and a message naming the file and the key
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,22 @@ def test_resume_from_a_folder_that_is_no_checkpoint_is_named(config, tmp_path, c
 def test_init_from_a_missing_folder_is_named(config, tmp_path, capsys):
     outcome = atomfm(capsys, "train", "--config", config, f"model.init_from={tmp_path / 'gone'}")
     assert_refused(outcome, tmp_path / "gone")
+
+
+def test_a_second_training_of_the_same_out_dir_is_refused_while_the_first_holds_it(config, capsys):
+    from data_pipeline.folder_lock import folder_lock
+    from train.trainer import RUN_LOCK
+
+    out = config.parent / "run"
+    out.mkdir()
+    with folder_lock(out, RUN_LOCK, "held by the test"):
+        outcome = atomfm(capsys, "train", "--config", config)
+    assert_refused(outcome, out, "another training is writing this run.out_dir", f"process {os.getpid()}")
+    assert atomfm(capsys, "train", "--config", config, "run.max_steps=1").code == 0, (
+        "released with its holder"
+    )
+
+
+def test_a_run_out_dir_that_is_a_file_is_named(config, capsys):
+    (config.parent / "run").write_text("a file")
+    assert_refused(atomfm(capsys, "train", "--config", config), config.parent / "run", "is a file")

@@ -15,7 +15,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_pipeline.atomic_files import torch_save_atomic, write_text_atomic
+from data_pipeline.atomic_files import output_folder, torch_save_atomic, write_text_atomic
 from data_pipeline.batch import AtomBatch
+from data_pipeline.folder_lock import folder_lock
 from data_pipeline.schema import BadInputError
 from data_pipeline.stream import StreamStarvedError, StructureStream, starved_message
 from model.atomfm import AtomFM
@@ -58,6 +59,7 @@ from train.validation import Validator
 
 GRADIENTS_FILE = "gradients_step_{step}.pt"
 STOP_FILE = "STOP"  # created by a user or a job script: checkpoint at the next step and stop
+RUN_LOCK = ".train.lock"  # held by rank 0 while a run writes its folder
 
 
 class NonFiniteLossError(RuntimeError):
@@ -167,6 +169,43 @@ class Trainer:
         self, cfg: TrainConfig, ctx: DistContext, *, resume: str | None = None, use_wandb: bool = True
     ) -> None:
         self.cfg, self.ctx = cfg, ctx
+        self._lock = ExitStack()
+        self._lock_run_folder()
+        try:
+            self._build(resume, use_wandb)
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock_run_folder(self) -> None:
+        """Rank 0 holds ``<out_dir>/.train.lock`` for the run: a second training of the same folder is refused
+        (on every rank) instead of interleaving its checkpoints with this one's."""
+        problem = None
+        if self.ctx.is_main:
+            try:
+                output_folder(self.cfg.run_dir)
+                self._lock.enter_context(
+                    folder_lock(
+                        self.cfg.run_dir,
+                        RUN_LOCK,
+                        "another training is writing this run.out_dir; wait for it to finish, or choose another "
+                        "run.out_dir",
+                    )
+                )
+            except BadInputError as err:
+                problem = err
+        message = self.ctx.broadcast_object(None if problem is None else str(problem))
+        if problem is not None:
+            raise problem
+        if message is not None:
+            raise BadInputError(message)
+
+    def close(self) -> None:
+        """Release the run folder's lock."""
+        self._lock.close()
+
+    def _build(self, resume: str | None, use_wandb: bool) -> None:
+        cfg, ctx = self.cfg, self.ctx
         self.tasks = build_tasks(cfg.tasks, ConfigOrigin("config"))
         self.state = TrainerState()
         self.stop_signal = False
@@ -490,8 +529,11 @@ def train(
 ) -> TrainResult:
     """Run ``cfg`` on this process's rank (the process group must be up: see ``train.cli``)."""
     trainer = Trainer(cfg, ctx, resume=resume, use_wandb=use_wandb)
-    trainer.install_signal_handlers()
-    result = trainer.run()
+    try:
+        trainer.install_signal_handlers()
+        result = trainer.run()
+    finally:
+        trainer.close()
     if ctx.is_main:
         print(
             json.dumps(
