@@ -294,6 +294,7 @@ class AtomFM(nn.Module):
             batch.level_of_theory,
             batch.domain,
             vector_input=getattr(batch, "dens_forces", None),
+            noise_level=getattr(batch, "noise_level", None),
         )
         polar = self.backbone.polar.to(x.dtype)
         inp = HeadInput(

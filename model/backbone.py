@@ -20,7 +20,7 @@ from data_pipeline.schema import DOMAINS, BadInputError
 from data_pipeline.vocab import LEVELS_OF_THEORY
 from model.activation import ACTIVATIONS, make_activation
 from model.attention import EdgeGeometry, EquivariantGraphAttention
-from model.conditioning import ConditioningEmbedding
+from model.conditioning import ConditioningEmbedding, NoiseLevelEmbedding
 from model.norm import EquivariantRMSNorm
 from model.parity import pseudo_mask, same_parity
 from model.radial import RADIAL_BASES, PolynomialEnvelope
@@ -61,6 +61,7 @@ class BackboneConfig:
     num_domains: int = len(DOMAINS)
     max_abs_charge: int = 100  # total charges -100..100 e
     max_spin: int = 20  # spin multiplicities 1..20
+    noise_level_embedding: bool = False  # diffusion denoisers: condition on the batch field ``noise_level``
 
     def __post_init__(self) -> None:
         checks = [
@@ -232,6 +233,7 @@ class EquivariantTransformer(nn.Module):
             max_abs_charge=cfg.max_abs_charge,
             max_spin=cfg.max_spin,
         )
+        self.noise_level = NoiseLevelEmbedding(cfg.channels) if cfg.noise_level_embedding else None
         self.vector_embedding = nn.Parameter(torch.randn(cfg.channels))
         self.radial_basis = RADIAL_BASES[cfg.radial_basis](cfg.num_rbf, cfg.cutoff)
         self.envelope = PolynomialEnvelope(cfg.cutoff)
@@ -254,11 +256,14 @@ class EquivariantTransformer(nn.Module):
         level_of_theory: Tensor,
         domain: Tensor,
         vector_input: Tensor | None = None,
+        noise_level: Tensor | None = None,
     ) -> Tensor:
         """z [N] long (0 = masked); edge_index [2, E] (row 0 = neighbour j / source, row 1 = centre i / target);
         edge_vec [E, 3] Å, r_ij = pos[j] - pos[i] (+ periodic shift), differentiable w.r.t. positions/strain;
         batch [N]; charge, spin, level_of_theory, domain: [B] long;
-        vector_input: optional [N, 3] per-atom Cartesian vectors (DeNS: clean forces) embedded as l = 1 features.
+        vector_input: optional [N, 3] per-atom Cartesian vectors (DeNS: clean forces) embedded as l = 1 features;
+        noise_level: optional [B] diffusion time in [0, 1], added to the scalars through
+        :class:`~model.conditioning.NoiseLevelEmbedding` (needs ``noise_level_embedding``; absent: none).
         Returns x [N, (lmax+1)**2, channels], coefficient index l*l + (m + l) for m = -l..l; the last
         ``pseudo_channels`` channels are pseudo (parity-odd), the others polar.
 
@@ -267,7 +272,16 @@ class EquivariantTransformer(nn.Module):
         edge_index, edge_vec = self._edges_within_cutoff(edge_index, edge_vec)
         geometry = self._edge_geometry(edge_vec)
         polar = self.polar.to(self.vector_embedding.dtype)
-        scalars = self.conditioning(z, batch, charge, spin, level_of_theory, domain) * polar
+        scalars = self.conditioning(z, batch, charge, spin, level_of_theory, domain)
+        if noise_level is not None:
+            if self.noise_level is None:
+                raise BadInputError(
+                    "the batch gives a noise level but this model has no noise-level conditioning "
+                    "(backbone.noise_level_embedding: false); train a diffusion model with it on",
+                    field="noise_level",
+                )
+            scalars = scalars + self.noise_level(noise_level).index_select(0, batch)
+        scalars = scalars * polar
         x = self.edge_degree_embedding(scalars, edge_index, geometry)
         if vector_input is not None:  # forces are polar vectors
             vectors = vector_to_l1(vector_input.to(x.dtype).unsqueeze(-1)) * (self.vector_embedding * polar)

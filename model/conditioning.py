@@ -1,6 +1,9 @@
-"""What the model is told besides the geometry: element, total charge, spin, level of theory, domain."""
+"""What the model is told besides the geometry: element, total charge, spin, level of theory, domain, and
+(diffusion models only) the noise level."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -70,3 +73,37 @@ class ConditioningEmbedding(nn.Module):
                     f"entry {index} is {int(inputs[name][index])}, outside the model's range {low}..{high}",
                     field=name,
                 )
+
+
+class NoiseLevelEmbedding(nn.Module):
+    """The noise level t ∈ [0, 1] of each structure (diffusion time: 0 clean, 1 pure noise; the schedule is
+    the diffusion task's, ``train/tasks/diffusion.py``) as invariant features [B, C].
+
+    Sines and cosines of t at ``num_frequencies`` geometrically spaced angular frequencies from 1 to
+    ``max_frequency`` (the transformer's timestep embedding), then a two-layer SiLU MLP whose last layer
+    starts at zero: a pretrained backbone given this embedding computes exactly what it did before, and
+    learns the dependence on t from there.
+    """
+
+    def __init__(self, channels: int, num_frequencies: int = 16, max_frequency: float = 1000.0) -> None:
+        super().__init__()
+        frequencies = torch.exp(torch.linspace(0.0, math.log(max_frequency), num_frequencies))
+        self.register_buffer("frequencies", frequencies, persistent=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * num_frequencies, channels), nn.SiLU(), nn.Linear(channels, channels)
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, noise_level: Tensor) -> Tensor:
+        """noise_level: [B] float in [0, 1]. Returns [B, C]; a t outside [0, 1] is a ``BadInputError``."""
+        outside = ~((noise_level >= 0) & (noise_level <= 1))
+        if bool(outside.any()):
+            index = int(outside.nonzero()[0, 0])
+            raise BadInputError(
+                f"entry {index} is {float(noise_level[index])}, outside the diffusion time range [0, 1]",
+                field="noise_level",
+            )
+        angles = noise_level.to(self.frequencies.dtype)[:, None] * self.frequencies
+        features = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))

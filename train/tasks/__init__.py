@@ -2,8 +2,8 @@
 
 A task is enabled by listing it with a weight above zero (``tasks.stress.weight=0`` on the command line
 turns one off). Corrupting tasks run first, in this order: DeNS claims force-labelled structures, plain denoising noises a
-share of the rest, masked atom types hide elements. Regression and contrast then learn from the structures
-no task altered.
+share of the rest, masked atom types hide elements, diffusion takes the molecules none of them touched.
+Regression and contrast then learn from the structures no task altered.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from train.tasks.contrast import ConformerContrast
 from train.tasks.corruption import CorruptionState
 from train.tasks.denoise import CoordinateDenoising
 from train.tasks.dens import DeNS
+from train.tasks.diffusion import MoleculeDiffusion
 from train.tasks.energy import EnergyRegression
 from train.tasks.forces import ForceRegression
 from train.tasks.masked_atoms import MaskedAtomTypes
@@ -27,6 +28,7 @@ TASKS: dict[str, type[Task]] = {
         DeNS,
         CoordinateDenoising,
         MaskedAtomTypes,
+        MoleculeDiffusion,
         EnergyRegression,
         ForceRegression,
         StressRegression,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,8 @@ class CorruptionState:
 
     claimed: per task name, [B] bool of the structures it altered (a structure's positions are noised by at
     most one task); noise_target: [N, 3] unit Gaussian ε with pos ← pos + σ ε (zero elsewhere);
-    masked_atoms: [N] bool of atoms whose type is hidden; true_z: [N] atomic numbers before masking.
+    masked_atoms: [N] bool of atoms whose type is hidden; true_z: [N] atomic numbers before masking;
+    task_records: per task name, anything else it keeps between corrupting and scoring (diffusion's noise).
     """
 
     seed: int
@@ -41,6 +43,7 @@ class CorruptionState:
     noise_target: Tensor
     masked_atoms: Tensor
     claimed: dict[str, Tensor] = field(default_factory=dict)
+    task_records: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_batch(cls, batch: AtomBatch, *, seed: int, step: int, micro: int) -> CorruptionState:

@@ -1,0 +1,223 @@
+"""Sampling molecules from a diffusion-trained checkpoint: the reverse of ``train/tasks/diffusion.py``.
+
+Start at t = 1 from zero-mean Gaussian positions and every type hidden (z = 0), then for t = 1, (S−1)/S, ...,
+0 ask the model for ε̂ and type logits and step to s = t − 1/S:
+
+- positions, EDM's ancestral step: with α_{t|s} = α_t/α_s and σ²_{t|s} = σ_t² − α²_{t|s} σ_s²,
+  z_s = z_t/α_{t|s} − σ²_{t|s}/(α_{t|s} σ_t) ε̂ + (σ_{t|s} σ_s/σ_t) ε′, ε′ zero-mean Gaussian; at the end
+  x = (z_0 − σ_0 ε̂_0)/α_0 from one more call at t = 0;
+- types, the reverse of masking: each hidden atom is revealed with probability (m_t − m_s)/m_t, its element
+  drawn from the softmax of its logits over the elements the training molecules contain; revealed atoms
+  keep their element; the last step reveals every atom still hidden.
+
+All randomness comes from a :class:`NoiseSource`, in a fixed order, so a seed fixes the molecules. Positions
+noise enters only through ``NoiseSource.gaussian``: rotating (or mirroring) every Gaussian draw rotates (or
+mirrors) the molecule, since the ``noise`` head is an E(3)-equivariant polar vector and the type logits are
+invariant (``tests/test_generation.py`` checks both in float64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from data_pipeline.schema import BadInputError
+from data_pipeline.vocab import domain_index, level_index
+from eval.generation.molecules import Molecule
+from train.tasks.diffusion import DiffusionSchedule, complete_graph, remove_mean
+
+
+@dataclass
+class MoleculeBatch:
+    """The fields of the batch contract (``docs/batch.md``) a sampling step needs, for non-periodic
+    molecules on a complete graph; ``noise_level`` [B] is the diffusion time."""
+
+    z: Tensor
+    pos: Tensor
+    batch: Tensor
+    natoms: Tensor
+    cell: Tensor
+    pbc: Tensor
+    edge_index: Tensor
+    cell_offsets: Tensor
+    charge: Tensor
+    spin: Tensor
+    level_of_theory: Tensor
+    domain: Tensor
+    noise_level: Tensor
+
+
+class NoiseSource:
+    """The random numbers of one sampling run, from one seeded generator, in the order they are asked for.
+
+    ``transform`` [3, 3] (an orthogonal matrix) is applied to every Gaussian position draw: the
+    equivariance tests rotate or mirror the noise with it.
+    """
+
+    def __init__(self, seed: int, transform: Tensor | None = None) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self.transform = transform
+
+    def gaussian(self, batch: Tensor, num_graphs: int, dtype: torch.dtype) -> Tensor:
+        """Zero-mean (per structure) unit Gaussian positions [N, 3]."""
+        draw = torch.randn(batch.shape[0], 3, generator=self.generator, dtype=torch.float64)
+        draw = remove_mean(draw, batch.cpu(), num_graphs)
+        if self.transform is not None:
+            draw = draw @ self.transform.to(draw.dtype).T
+        return draw.to(dtype)
+
+    def uniform(self, n: int) -> Tensor:
+        return torch.rand(n, generator=self.generator, dtype=torch.float64)
+
+
+class DiffusionSampler:
+    """Draws molecules from a model with the ``noise`` and ``atom_type`` heads and noise-level conditioning.
+
+    elements: the atomic numbers it may place (those of the training molecules); level_of_theory: what
+    the model is conditioned on (default its main level); charge, spin: of every molecule.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        elements: Sequence[int],
+        *,
+        steps: int = 100,
+        level_of_theory: str | None = None,
+        charge: int = 0,
+        spin: int = 1,
+        schedule: DiffusionSchedule | None = None,
+    ) -> None:
+        config = model.config
+        if not config.backbone.noise_level_embedding:
+            raise BadInputError(
+                "this checkpoint has no noise-level conditioning: it was not trained with the diffusion task "
+                "(tasks.diffusion, model.overrides.noise_level_embedding: true)",
+                field="checkpoint",
+            )
+        missing = [h for h in ("noise", "atom_type") if h not in model.heads]
+        if missing:
+            raise BadInputError(f"the checkpoint lacks the head(s) {', '.join(missing)}", field="checkpoint")
+        if steps < 1:
+            raise BadInputError(f"need at least one step, got {steps}", field="steps")
+        if not elements:
+            raise BadInputError("no elements to place", field="elements")
+        self.model = model.eval()
+        self.elements = torch.as_tensor(sorted(set(int(e) for e in elements)), dtype=torch.int64)
+        self.steps = steps
+        self.schedule = schedule or DiffusionSchedule()
+        self.level = level_index(level_of_theory or config.main_level_of_theory, config.levels_of_theory)
+        self.charge, self.spin = charge, spin
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.reference_energies.energies.device
+
+    def sample(
+        self,
+        natoms: Sequence[int],
+        noise: NoiseSource,
+        *,
+        atoms_per_batch: int = 2000,
+        on_step: Callable[[int], None] | None = None,
+    ) -> list[Molecule]:
+        """One molecule per entry of ``natoms``, in batches of at most ``atoms_per_batch`` atoms; ``on_step``
+        is called with the number of molecule-steps just done (progress bars)."""
+        out: list[Molecule] = []
+        for chunk in _chunks([int(n) for n in natoms], atoms_per_batch):
+            out += self._sample_batch(chunk, noise, on_step)
+        return out
+
+    def _empty_batch(self, natoms: list[int]) -> MoleculeBatch:
+        dtype, device = self.model.dtype, self.device
+        counts = torch.tensor(natoms, dtype=torch.int64)
+        b = len(natoms)
+        edges = complete_graph(counts)
+        return MoleculeBatch(
+            z=torch.zeros(int(counts.sum()), dtype=torch.int64, device=device),
+            pos=torch.zeros(int(counts.sum()), 3, dtype=dtype, device=device),
+            batch=torch.repeat_interleave(torch.arange(b), counts).to(device),
+            natoms=counts.to(device),
+            cell=torch.zeros(b, 3, 3, dtype=dtype, device=device),
+            pbc=torch.zeros(b, 3, dtype=torch.bool, device=device),
+            edge_index=edges.to(device),
+            cell_offsets=torch.zeros(edges.shape[1], 3, dtype=dtype, device=device),
+            charge=torch.full((b,), self.charge, dtype=torch.int64, device=device),
+            spin=torch.full((b,), self.spin, dtype=torch.int64, device=device),
+            level_of_theory=torch.full((b,), self.level, dtype=torch.int64, device=device),
+            domain=torch.full((b,), domain_index("molecule"), dtype=torch.int64, device=device),
+            noise_level=torch.ones(b, dtype=dtype, device=device),
+        )
+
+    @torch.no_grad()
+    def _predict(self, batch: MoleculeBatch, t: float) -> tuple[Tensor, Tensor]:
+        batch.noise_level = torch.full_like(batch.noise_level, t)
+        out = self.model(batch, ("noise", "atom_logits"))
+        eps = remove_mean(out["noise"].to(batch.pos.dtype), batch.batch, len(batch.natoms))
+        return eps, out["atom_logits"]
+
+    def _sample_batch(
+        self, natoms: list[int], noise: NoiseSource, on_step: Callable[[int], None] | None
+    ) -> list[Molecule]:
+        batch = self._empty_batch(natoms)
+        num_graphs, dtype, device = len(natoms), batch.pos.dtype, batch.pos.device
+        sched = self.schedule
+        batch.pos = noise.gaussian(batch.batch, num_graphs, dtype).to(device)
+        hidden = torch.ones(batch.z.shape[0], dtype=torch.bool, device=device)
+        for k in range(self.steps, 0, -1):
+            t, s = k / self.steps, (k - 1) / self.steps
+            eps, logits = self._predict(batch, t)
+            tt, ss = torch.tensor(t, dtype=torch.float64), torch.tensor(s, dtype=torch.float64)
+            alpha_ts = sched.alpha(tt) / sched.alpha(ss)
+            var_ts = sched.sigma(tt) ** 2 - alpha_ts**2 * sched.sigma(ss) ** 2
+            mean = batch.pos / float(alpha_ts) - float(var_ts / (alpha_ts * sched.sigma(tt))) * eps
+            std = float(var_ts.sqrt() * sched.sigma(ss) / sched.sigma(tt))
+            batch.pos = mean + std * noise.gaussian(batch.batch, num_graphs, dtype).to(device)
+            m_t, m_s = float(sched.mask_probability(tt)), float(sched.mask_probability(ss))
+            reveal_probability = 1.0 if k == 1 else (m_t - m_s) / m_t
+            batch.z, hidden = self._reveal_types(batch.z, hidden, logits, reveal_probability, noise)
+            if on_step is not None:
+                on_step(num_graphs)
+        eps, _ = self._predict(batch, 0.0)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        positions = (batch.pos - float(sched.sigma(zero)) * eps) / float(sched.alpha(zero))
+        z, pos = batch.z.cpu().numpy(), positions.double().cpu().numpy()
+        starts = np.concatenate([[0], np.cumsum(natoms)])
+        return [
+            Molecule(z[a:b].copy(), pos[a:b].copy(), charge=self.charge)
+            for a, b in zip(starts[:-1], starts[1:], strict=True)
+        ]
+
+    def _reveal_types(
+        self, z: Tensor, hidden: Tensor, logits: Tensor, probability: float, noise: NoiseSource
+    ) -> tuple[Tensor, Tensor]:
+        """Reveal each hidden atom with ``probability``, drawing its element from its logits restricted to
+        :attr:`elements` (inverse CDF of one uniform per atom, so the draw is rotation-invariant)."""
+        n = z.shape[0]
+        reveal = (noise.uniform(n) < probability).to(z.device) & hidden
+        u = noise.uniform(n).to(z.device)
+        elements = self.elements.to(z.device)
+        probabilities = torch.softmax(logits[:, elements].double(), dim=-1)
+        cdf = probabilities.cumsum(dim=-1)
+        choice = (
+            torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1).clamp_max(len(elements) - 1)
+        )
+        z = torch.where(reveal, elements[choice], z)
+        return z, hidden & ~reveal
+
+
+def _chunks(natoms: list[int], atoms_per_batch: int) -> list[list[int]]:
+    """Consecutive runs of ``natoms`` holding at most ``atoms_per_batch`` atoms (at least one molecule)."""
+    out: list[list[int]] = [[]]
+    total = 0
+    for n in natoms:
+        if out[-1] and total + n > atoms_per_batch:
+            out.append([])
+            total = 0
+        out[-1].append(n)
+        total += n
+    return [c for c in out if c]
