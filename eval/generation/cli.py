@@ -159,7 +159,7 @@ def _sample(
     import torch
     from tqdm import tqdm
 
-    from eval.generation.sampler import DiffusionSampler, NoiseSource
+    from eval.generation.sampler import DiffusionSampler
 
     model = model.to(torch.device(args.device))
     sampler = DiffusionSampler(model, training.elements, steps=args.steps)
@@ -168,9 +168,7 @@ def _sample(
     with tqdm(
         total=len(sizes) * args.steps, desc="generate", unit="mol-step", disable=args.no_progress
     ) as bar:
-        return sampler.sample(
-            sizes, NoiseSource(args.seed), atoms_per_batch=args.atoms_per_batch, on_step=bar.update
-        )
+        return sampler.sample(sizes, args.seed, atoms_per_batch=args.atoms_per_batch, on_step=bar.update)
 
 
 def _score(

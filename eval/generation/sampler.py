@@ -10,7 +10,8 @@ Start at t = 1 from zero-mean Gaussian positions and every type hidden (z = 0), 
   drawn from the softmax of its logits over the elements the training molecules contain; revealed atoms
   keep their element; the last step reveals every atom still hidden.
 
-All randomness comes from a :class:`NoiseSource`, in a fixed order, so a seed fixes the molecules. Positions
+All randomness comes from one :class:`NoiseSource` per batch of molecules, seeded by (seed, batch index) and
+drawn in a fixed order, so a seed and the batching fix the molecules. Positions
 noise enters only through ``NoiseSource.gaussian``: rotating (or mirroring) every Gaussian draw rotates (or
 mirrors) the molecule, since the ``noise`` head is an E(3)-equivariant polar vector and the type logits are
 invariant (``tests/test_generation.py`` checks both in float64).
@@ -120,19 +121,23 @@ class DiffusionSampler:
     def sample(
         self,
         natoms: Sequence[int],
-        noise: NoiseSource,
+        seed: int,
         *,
+        transform: Tensor | None = None,
         atoms_per_batch: int = 2000,
         on_step: Callable[[int], None] | None = None,
     ) -> list[Molecule]:
-        """One molecule per entry of ``natoms``, in batches of at most ``atoms_per_batch`` atoms; ``on_step``
+        """One molecule per entry of ``natoms``, in batches of at most ``atoms_per_batch`` atoms, batch k drawing
+        its noise from the seed (``seed``, k); ``transform`` goes to every :class:`NoiseSource`; ``on_step``
         is called with the number of molecule-steps just done (progress bars)."""
         out: list[Molecule] = []
-        for chunk in _chunks([int(n) for n in natoms], atoms_per_batch):
+        for k, chunk in enumerate(_chunks([int(n) for n in natoms], atoms_per_batch)):
+            noise = NoiseSource(int(np.random.SeedSequence([seed, k]).generate_state(1)[0]), transform)
             out += self._sample_batch(chunk, noise, on_step)
         return out
 
-    def _empty_batch(self, natoms: list[int]) -> MoleculeBatch:
+    def empty_batch(self, natoms: list[int]) -> MoleculeBatch:
+        """A batch of molecules with ``natoms`` atoms each, all types hidden, on complete graphs."""
         dtype, device = self.model.dtype, self.device
         counts = torch.tensor(natoms, dtype=torch.int64)
         b = len(natoms)
@@ -154,7 +159,8 @@ class DiffusionSampler:
         )
 
     @torch.no_grad()
-    def _predict(self, batch: MoleculeBatch, t: float) -> tuple[Tensor, Tensor]:
+    def predict(self, batch: MoleculeBatch, t: float) -> tuple[Tensor, Tensor]:
+        """ε̂ [N, 3] (zero mean per molecule) and type logits [N, 119] at time ``t``."""
         batch.noise_level = torch.full_like(batch.noise_level, t)
         out = self.model(batch, ("noise", "atom_logits"))
         eps = remove_mean(out["noise"].to(batch.pos.dtype), batch.batch, len(batch.natoms))
@@ -163,14 +169,14 @@ class DiffusionSampler:
     def _sample_batch(
         self, natoms: list[int], noise: NoiseSource, on_step: Callable[[int], None] | None
     ) -> list[Molecule]:
-        batch = self._empty_batch(natoms)
+        batch = self.empty_batch(natoms)
         num_graphs, dtype, device = len(natoms), batch.pos.dtype, batch.pos.device
         sched = self.schedule
         batch.pos = noise.gaussian(batch.batch, num_graphs, dtype).to(device)
         hidden = torch.ones(batch.z.shape[0], dtype=torch.bool, device=device)
         for k in range(self.steps, 0, -1):
             t, s = k / self.steps, (k - 1) / self.steps
-            eps, logits = self._predict(batch, t)
+            eps, logits = self.predict(batch, t)
             tt, ss = torch.tensor(t, dtype=torch.float64), torch.tensor(s, dtype=torch.float64)
             alpha_ts = sched.alpha(tt) / sched.alpha(ss)
             var_ts = sched.sigma(tt) ** 2 - alpha_ts**2 * sched.sigma(ss) ** 2
@@ -182,7 +188,7 @@ class DiffusionSampler:
             batch.z, hidden = self._reveal_types(batch.z, hidden, logits, reveal_probability, noise)
             if on_step is not None:
                 on_step(num_graphs)
-        eps, _ = self._predict(batch, 0.0)
+        eps, _ = self.predict(batch, 0.0)
         zero = torch.tensor(0.0, dtype=torch.float64)
         positions = (batch.pos - float(sched.sigma(zero)) * eps) / float(sched.alpha(zero))
         z, pos = batch.z.cpu().numpy(), positions.double().cpu().numpy()
