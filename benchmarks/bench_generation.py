@@ -180,6 +180,7 @@ def main() -> None:
         else:
             result = {"rows": table(opts)}
         result["wall_time_s"] = round(time.perf_counter() - start, 1)
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}  # another stage may have run
         state[stage] = result
         write_text_atomic(state_path, json.dumps(state, indent=1))
         print(f"{stage}: {result['wall_time_s']} s", flush=True)

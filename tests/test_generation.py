@@ -25,6 +25,7 @@ from eval.generation.sampler import DiffusionSampler
 from eval.generation.valence_guard import apply_valence_guard
 from eval.tasks.generation import GenerationMetrics, kabsch_rmsd, training_smiles
 from model.checkpoint_io import save_export
+from train.tasks.diffusion import DiffusionSchedule
 
 ELEMENTS = [1, 6, 7, 8]
 ROTATION = torch.tensor(Rotation.from_euler("zyx", [0.3, -1.1, 2.4]).as_matrix())
@@ -70,6 +71,37 @@ def test_a_seed_fixes_the_molecules_and_another_seed_changes_them(sampler):
     assert_close(
         torch.from_numpy(a[1].positions.mean(axis=0)), torch.zeros(3, dtype=torch.float64), atol=1e-9, rtol=0
     )
+
+
+class OracleDenoiser(torch.nn.Module):
+    """The exact denoiser of a point mass at one molecule (``target``): ε = (z_t − α_t x₀)/σ_t, and logits
+    that name its elements. The sampler must land on that molecule."""
+
+    def __init__(self, template: torch.nn.Module, target: Molecule) -> None:
+        super().__init__()
+        self.config, self.heads, self.reference_energies = (
+            template.config,
+            template.heads,
+            template.reference_energies,
+        )
+        self.dtype = template.dtype
+        self.x0 = torch.from_numpy(target.positions - target.positions.mean(axis=0))
+        self.z = torch.from_numpy(target.numbers)
+
+    def forward(self, batch, outputs):
+        schedule = DiffusionSchedule()
+        t = batch.noise_level[0].double()
+        eps = (batch.pos - schedule.alpha(t) * self.x0) / schedule.sigma(t)
+        logits = torch.full((len(self.z), 119), -20.0, dtype=torch.float64).scatter(1, self.z[:, None], 20.0)
+        return {"noise": eps, "atom_logits": logits}
+
+
+def test_with_the_exact_denoiser_the_sampler_lands_on_the_molecule():
+    ethanol = mol("CH3CH2OH")
+    oracle = OracleDenoiser(small_model(noise_level_embedding=True, cutoff=4.5), ethanol)
+    (sample,) = DiffusionSampler(oracle, [1, 6, 8], steps=50).sample([ethanol.num_atoms], 0)
+    assert np.array_equal(sample.numbers, ethanol.numbers)
+    assert_close(torch.from_numpy(sample.positions), oracle.x0, atol=1e-6, rtol=0)
 
 
 def test_a_model_without_noise_level_conditioning_cannot_sample():
