@@ -58,6 +58,23 @@ def test_rotating_or_mirroring_the_noise_rotates_or_mirrors_the_molecule(sampler
         )
 
 
+def test_a_completed_fragment_is_kept_exactly_and_moves_with_the_noise(sampler):
+    fragment = mol("CH3CH2OH")
+    shape = fragment.positions - fragment.positions.mean(axis=0)
+    plain = sampler.sample([12, 14], 2, fragment=fragment)
+    turned = Molecule(fragment.numbers, fragment.positions @ ROTATION.numpy().T)
+    moved = sampler.sample([12, 14], 2, fragment=turned, transform=ROTATION)
+    for a, b in zip(plain, moved, strict=True):
+        head = a.positions[: fragment.num_atoms]
+        assert np.array_equal(a.numbers[: fragment.num_atoms], fragment.numbers)
+        assert_close(torch.from_numpy(head - head.mean(axis=0)), torch.from_numpy(shape), atol=1e-9, rtol=0)
+        assert_close(
+            torch.from_numpy(b.positions), torch.from_numpy(a.positions) @ ROTATION.T, rtol=1e-9, atol=1e-9
+        )
+    with pytest.raises(BadInputError, match="fragment has 9 atoms"):
+        sampler.sample([9], 0, fragment=fragment)
+
+
 def test_a_seed_fixes_the_molecules_and_another_seed_changes_them(sampler):
     a, b, c = (sampler.sample([5, 8], seed) for seed in (3, 3, 4))
     assert all(
@@ -246,9 +263,9 @@ def test_generate_writes_sdf_extxyz_and_a_result_reproducibly(tmp_path):
     )
     boards = {json.loads(p.read_text())["data"]["sha256"] for p in (tmp_path / "a").glob("*.json")}
     assert len(boards) == 1  # sampler and baseline on one leaderboard board
-    assert (
-        generate(
-            "--checkpoint", str(tmp_path / "export"), "--atoms", "200-300", "--out", str(tmp_path / "x.sdf")
-        )
-        == 2
-    )
+    write_extxyz(tmp_path / "water.extxyz", [mol("H2O")])
+    fragment = ["--fragment", str(tmp_path / "water.extxyz"), "--out", str(tmp_path / "f.sdf")]
+    assert generate("--checkpoint", str(tmp_path / "export"), "--n", "2", "--steps", "2", *fragment) == 0
+    assert all(m.numbers[:3].tolist() == [8, 1, 1] for m in read_molecules(tmp_path / "f.extxyz"))
+    too_large = ["--atoms", "200-300", "--out", str(tmp_path / "x.sdf")]
+    assert generate("--checkpoint", str(tmp_path / "export"), *too_large) == 2

@@ -57,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default=None, help="SDF to write (an .extxyz and a .json go beside it)")
     p.add_argument("--steps", type=int, default=100, help="diffusion steps (default: 100)")
+    p.add_argument(
+        "--fragment",
+        default=None,
+        metavar="FILE",
+        help="complete this fragment (the first molecule of an SDF or xyz file): every sample contains it",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--valence-guard",
@@ -159,16 +165,24 @@ def _sample(
     import torch
     from tqdm import tqdm
 
+    from eval.generation.molecules import read_molecules
     from eval.generation.sampler import DiffusionSampler
 
     model = model.to(torch.device(args.device))
     sampler = DiffusionSampler(model, training.elements, steps=args.steps)
+    fragment = read_molecules(args.fragment)[0] if args.fragment else None
+    if fragment is not None:  # every molecule must be larger than the fragment
+        low, high = atoms or (1, max(training.size_histogram))
+        atoms = (max(low, fragment.num_atoms + 1), high)
     sizes = training.draw_sizes(args.n, np.random.default_rng(args.seed), atoms)
     details.update(steps=args.steps, elements=training.elements, atoms_per_batch=args.atoms_per_batch)
+    details["fragment"] = args.fragment
     with tqdm(
         total=len(sizes) * args.steps, desc="generate", unit="mol-step", disable=args.no_progress
     ) as bar:
-        return sampler.sample(sizes, args.seed, atoms_per_batch=args.atoms_per_batch, on_step=bar.update)
+        return sampler.sample(
+            sizes, args.seed, fragment=fragment, atoms_per_batch=args.atoms_per_batch, on_step=bar.update
+        )
 
 
 def _score(

@@ -10,6 +10,10 @@ Start at t = 1 from zero-mean Gaussian positions and every type hidden (z = 0), 
   drawn from the softmax of its logits over the elements the training molecules contain; revealed atoms
   keep their element; the last step reveals every atom still hidden.
 
+Fragment completion: given a fragment, every molecule's first atoms are its atoms, with their elements
+fixed and, at each step, their positions replaced by the fragment as the forward process would have it at
+that noise level, placed where those atoms are (RePaint-style replacement); the rest is generated around it.
+
 All randomness comes from one :class:`NoiseSource` per batch of molecules, seeded by (seed, batch index) and
 drawn in a fixed order, so a seed and the batching fix the molecules. Positions
 noise enters only through ``NoiseSource.gaussian``: rotating (or mirroring) every Gaussian draw rotates (or
@@ -124,16 +128,24 @@ class DiffusionSampler:
         seed: int,
         *,
         transform: Tensor | None = None,
+        fragment: Molecule | None = None,
         atoms_per_batch: int = 2000,
         on_step: Callable[[int], None] | None = None,
     ) -> list[Molecule]:
         """One molecule per entry of ``natoms``, in batches of at most ``atoms_per_batch`` atoms, batch k drawing
-        its noise from the seed (``seed``, k); ``transform`` goes to every :class:`NoiseSource`; ``on_step``
-        is called with the number of molecule-steps just done (progress bars)."""
+        its noise from the seed (``seed``, k); ``transform`` goes to every :class:`NoiseSource`; ``fragment``:
+        atoms every molecule must contain (its first atoms, kept exactly up to a translation; see
+        :meth:`_impose_fragment`); ``on_step`` is called with the number of molecule-steps just done."""
+        natoms = [int(n) for n in natoms]
+        if fragment is not None and min(natoms) <= fragment.num_atoms:
+            raise BadInputError(
+                f"the fragment has {fragment.num_atoms} atoms: every molecule needs more (got {min(natoms)})",
+                field="atoms",
+            )
         out: list[Molecule] = []
-        for k, chunk in enumerate(_chunks([int(n) for n in natoms], atoms_per_batch)):
+        for k, chunk in enumerate(_chunks(natoms, atoms_per_batch)):
             noise = NoiseSource(int(np.random.SeedSequence([seed, k]).generate_state(1)[0]), transform)
-            out += self._sample_batch(chunk, noise, on_step)
+            out += self._sample_batch(chunk, noise, on_step, fragment)
         return out
 
     def empty_batch(self, natoms: list[int]) -> MoleculeBatch:
@@ -167,13 +179,24 @@ class DiffusionSampler:
         return eps, out["atom_logits"]
 
     def _sample_batch(
-        self, natoms: list[int], noise: NoiseSource, on_step: Callable[[int], None] | None
+        self,
+        natoms: list[int],
+        noise: NoiseSource,
+        on_step: Callable[[int], None] | None,
+        fragment: Molecule | None,
     ) -> list[Molecule]:
         batch = self.empty_batch(natoms)
         num_graphs, dtype, device = len(natoms), batch.pos.dtype, batch.pos.device
         sched = self.schedule
         batch.pos = noise.gaussian(batch.batch, num_graphs, dtype).to(device)
         hidden = torch.ones(batch.z.shape[0], dtype=torch.bool, device=device)
+        known = self._fragment_atoms(natoms, fragment).to(device)
+        if fragment is not None:
+            shape = torch.from_numpy(fragment.positions - fragment.positions.mean(axis=0)).to(device, dtype)
+            shape = shape.repeat(num_graphs, 1)
+            batch.z[known] = torch.from_numpy(fragment.numbers).to(device).repeat(num_graphs)
+            hidden &= ~known
+            batch.pos = self._impose_fragment(batch, known, shape, 1.0, noise)
         for k in range(self.steps, 0, -1):
             t, s = k / self.steps, (k - 1) / self.steps
             eps, logits = self.predict(batch, t)
@@ -183,6 +206,8 @@ class DiffusionSampler:
             mean = batch.pos / float(alpha_ts) - float(var_ts / (alpha_ts * sched.sigma(tt))) * eps
             std = float(var_ts.sqrt() * sched.sigma(ss) / sched.sigma(tt))
             batch.pos = mean + std * noise.gaussian(batch.batch, num_graphs, dtype).to(device)
+            if fragment is not None:
+                batch.pos = self._impose_fragment(batch, known, shape, s, noise)
             m_t, m_s = float(sched.mask_probability(tt)), float(sched.mask_probability(ss))
             reveal_probability = 1.0 if k == 1 else (m_t - m_s) / m_t
             batch.z, hidden = self._reveal_types(batch.z, hidden, logits, reveal_probability, noise)
@@ -191,12 +216,36 @@ class DiffusionSampler:
         eps, _ = self.predict(batch, 0.0)
         zero = torch.tensor(0.0, dtype=torch.float64)
         positions = (batch.pos - float(sched.sigma(zero)) * eps) / float(sched.alpha(zero))
+        if fragment is not None:
+            positions[known] = shape + _known_centroid(positions, known, batch.batch, num_graphs)
+            positions = remove_mean(positions, batch.batch, num_graphs)
         z, pos = batch.z.cpu().numpy(), positions.double().cpu().numpy()
         starts = np.concatenate([[0], np.cumsum(natoms)])
         return [
             Molecule(z[a:b].copy(), pos[a:b].copy(), charge=self.charge)
             for a, b in zip(starts[:-1], starts[1:], strict=True)
         ]
+
+    @staticmethod
+    def _fragment_atoms(natoms: list[int], fragment: Molecule | None) -> Tensor:
+        """[N] bool: the first ``fragment.num_atoms`` atoms of every molecule (none without a fragment)."""
+        k = 0 if fragment is None else fragment.num_atoms
+        return torch.cat([torch.arange(n) < k for n in natoms])
+
+    def _impose_fragment(
+        self, batch: MoleculeBatch, known: Tensor, shape: Tensor, t: float, noise: NoiseSource
+    ) -> Tensor:
+        """Positions with the fragment's atoms replaced by the fragment as the forward process has it at time
+        t, α_t x_frag + σ_t ε (ε zero-mean over the fragment), placed at those atoms' current centroid (so
+        the molecule's centre stays at zero and the fragment's place is the model's choice), RePaint-style."""
+        num_graphs = len(batch.natoms)
+        tt = torch.tensor(t, dtype=torch.float64)
+        draw = noise.gaussian(batch.batch, num_graphs, batch.pos.dtype).to(batch.pos.device)[known]
+        draw = draw - _known_centroid(draw, torch.ones_like(known[known]), batch.batch[known], num_graphs)
+        centroid = _known_centroid(batch.pos, known, batch.batch, num_graphs)
+        pos = batch.pos.clone()
+        pos[known] = float(self.schedule.alpha(tt)) * shape + float(self.schedule.sigma(tt)) * draw + centroid
+        return pos
 
     def _reveal_types(
         self, z: Tensor, hidden: Tensor, logits: Tensor, probability: float, noise: NoiseSource
@@ -227,3 +276,11 @@ def _chunks(natoms: list[int], atoms_per_batch: int) -> list[list[int]]:
         out[-1].append(n)
         total += n
     return [c for c in out if c]
+
+
+def _known_centroid(values: Tensor, known: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """Per ``known`` row, the mean of its molecule's ``known`` rows of ``values`` [N, 3]."""
+    rows, graph = values[known], batch[known]
+    total = values.new_zeros(num_graphs, 3).index_add(0, graph, rows)
+    count = values.new_zeros(num_graphs).index_add(0, graph, torch.ones_like(rows[:, 0]))
+    return (total / count.clamp_min(1)[:, None])[graph]
