@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 
@@ -41,3 +42,13 @@ class AtomBatch(Protocol):
 
     @property
     def num_nodes(self) -> int: ...
+
+
+def edge_vectors(batch: AtomBatch, pos: Tensor | None = None, cell: Tensor | None = None) -> Tensor:
+    """r_ij = pos[j] − pos[i] + S·cell per edge [E, 3] Å, by explicit differences (so gradients reach ``pos``
+    and ``cell``); ``pos`` and ``cell`` default to the batch's own."""
+    pos = batch.pos if pos is None else pos
+    cell = batch.cell if cell is None else cell
+    src, dst = batch.edge_index
+    shift = torch.einsum("ei,eij->ej", batch.cell_offsets.to(pos.dtype), cell.to(pos.dtype)[batch.batch[dst]])
+    return pos[src] - pos[dst] + shift

@@ -32,17 +32,22 @@ import torch
 from ase.data import atomic_masses
 from torch import Tensor, nn
 
-from data_pipeline.batch import AtomBatch
+from data_pipeline.batch import AtomBatch, edge_vectors
 from data_pipeline.config_mapping import from_mapping
 from data_pipeline.schema import BadInputError
 from data_pipeline.vocab import LEVELS_OF_THEORY, level_key
 from model.backbone import BackboneConfig, EquivariantTransformer
+from model.coverage import TrainingCoverage
 from model.heads import HEADS, Head, HeadInput
 from model.long_range import LONG_RANGE_METHODS, Electrostatics
 from model.lora import LoRAConfig, apply_lora
 from model.reference_energies import NUM_ELEMENTS, ReferenceEnergies, table_from_dict
 from model.sizes import backbone_config
+from model.zbl import ZBLRepulsion
 
+NEW_MODEL_ZBL = (
+    True  # model_config()'s default for ModelConfig.zbl (the dataclass keeps old checkpoints' off)
+)
 PRETRAINING_HEADS: tuple[str, ...] = ("energy", "forces_direct", "noise", "charges", "atom_type", "embedding")
 # Outputs the model derives itself, and the heads each needs at least (electrostatics adds ``charges`` to
 # the energy's; direct ``forces`` need ``forces_direct``).
@@ -71,6 +76,12 @@ class ModelConfig:
     levels_of_theory: the model's vocabulary of levels (the built-in one plus any its data named, appended);
     ``backbone.num_levels`` is its length.
     lora: low-rank adapters on the backbone (``model.lora``), present in fine-tuning checkpoints only.
+    zbl: add the ZBL screened nuclear repulsion (:mod:`model.zbl`) to the energy, so atoms pushed closer than any
+    training pair repel. Off in this dataclass, so a ``model_config.json`` written before the field existed
+    loads as it was trained; on for new models (:func:`model_config`, hence every training config unless it sets
+    ``model.overrides.zbl: false``).
+    coverage: what the training batches held (elements, shortest distance), written by the trainer; the ASE
+    calculator warns outside it. None: unknown (an untrained model, an older checkpoint).
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -85,6 +96,8 @@ class ModelConfig:
     main_level_of_theory: str = "none"
     levels_of_theory: list[str] = field(default_factory=lambda: list(LEVELS_OF_THEORY))
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # adapters while fine-tuning; merged at export
+    zbl: bool = False
+    coverage: TrainingCoverage | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):
@@ -155,9 +168,10 @@ class ModelConfig:
 
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The named size (see ``atomfm model list``) with overrides; keys that are not :class:`ModelConfig`
-    fields go to the backbone (``model_config("small", lmax=4, long_range=False)``)."""
+    fields go to the backbone (``model_config("small", lmax=4, long_range=False)``). New models have the ZBL
+    repulsion prior unless ``zbl=False``."""
     own = {f.name for f in dataclasses.fields(ModelConfig)} - {"backbone"}
-    model_overrides = {k: v for k, v in overrides.items() if k in own}
+    model_overrides = {"zbl": NEW_MODEL_ZBL} | {k: v for k, v in overrides.items() if k in own}
     backbone_overrides = {k: v for k, v in overrides.items() if k not in own}
     if "levels_of_theory" in model_overrides and isinstance(
         model_overrides["levels_of_theory"], list | tuple
@@ -187,6 +201,7 @@ class AtomFM(nn.Module):
             if self.config.long_range
             else None
         )
+        self.zbl = ZBLRepulsion(bb.cutoff) if self.config.zbl else None
         self.register_buffer("atomic_masses", torch.tensor(atomic_masses[:NUM_ELEMENTS]), persistent=False)
         apply_lora(self, self.config.lora)
 
@@ -335,9 +350,7 @@ class AtomFM(nn.Module):
     def _edges(self, batch: AtomBatch, pos: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
         """Edge vectors r_j − r_i + S·cell [E, 3] by explicit differences (the backbone drops those beyond its
         cutoff)."""
-        src, dst = batch.edge_index
-        shift = torch.einsum("ei,eij->ej", batch.cell_offsets.to(pos.dtype), cell[batch.batch[dst]])
-        return batch.edge_index, pos[src] - pos[dst] + shift
+        return batch.edge_index, edge_vectors(batch, pos, cell)
 
     def _energy(
         self,
@@ -353,6 +366,8 @@ class AtomFM(nn.Module):
             batch.z, batch.level_of_theory[batch.batch]
         )
         energy = atom_energy.new_zeros(num_graphs).index_add(0, batch.batch, atom_energy)
+        if self.zbl is not None:
+            energy = energy + self.zbl(batch.z, edge_index, edge_vec, batch.batch, num_graphs)
         if self.electrostatics is not None:
             energy = energy + self.electrostatics(
                 results["charges"],

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch_geometric.data import Batch
 
@@ -34,12 +35,24 @@ from data_pipeline.schema import DOMAINS, Structure, validate
 from data_pipeline.vocab import LEVELS_OF_THEORY
 from model.atomfm import AtomFM, model_config
 from model.checkpoint_io import load_model
+from model.coverage import closest_pair
 
 FORCE_MODES = ("auto", "conservative", "direct")
 
 
 class UntrainedForcesWarning(UserWarning):
     """The calculator serves forces the checkpoint was not trained to give."""
+
+
+class UnseenElementWarning(UserWarning):
+    """The structure holds an element the checkpoint never saw in training."""
+
+
+class CloseContactWarning(UserWarning):
+    """Two atoms are far closer than any pair the checkpoint saw in training."""
+
+
+CLOSE_CONTACT_FRACTION = 0.75  # warn below this fraction of the shortest training distance
 
 
 class AtomFMCalculator(Calculator):
@@ -78,6 +91,8 @@ class AtomFMCalculator(Calculator):
             )
         self.model = model.to(device) if device is not None else model
         self.model.eval()
+        self._warned_elements: set[int] = set()
+        self._warned_contact = False
         self.level_of_theory, self.charge, self.spin, self.domain = level, charge, spin, domain
         self.conservative = forces != "direct"
         if forces == "auto" and not model.config.conservative_forces:
@@ -134,6 +149,7 @@ class AtomFMCalculator(Calculator):
         super().calculate(atoms, properties or ["energy"], system_changes)
         periodic = bool(self.atoms.pbc.any())
         batch = self._batch(self.atoms)
+        self._warn_outside_training(batch)
         outputs = ["energy", "forces"] + (["stress"] if periodic else [])
         if "charges" in self.model.heads:
             outputs += ["charges"] + ([] if periodic else ["dipole"])
@@ -146,6 +162,42 @@ class AtomFMCalculator(Calculator):
             self.results["charges"] = _numpy(out["charges"])
         if "dipole" in out:
             self.results["dipole"] = _numpy(out["dipole"][0])
+
+    def _warn_outside_training(self, batch: Batch) -> None:
+        """Once per calculator: each element the checkpoint never trained on, and the first close contact far
+        below its shortest training distance (the checkpoint's ``coverage``; none recorded, no warning)."""
+        coverage = self.model.config.coverage
+        if coverage is None:
+            return
+        unseen = sorted(set(batch.z.tolist()) - set(coverage.elements) - self._warned_elements)
+        if unseen:
+            self._warned_elements.update(unseen)
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unseen)
+            warnings.warn(
+                f"{names} never appeared in this checkpoint's training data: its energies and forces for "
+                "structures with it are untrained extrapolation",
+                UnseenElementWarning,
+                stacklevel=3,
+            )
+        contact = closest_pair(batch)
+        if self._warned_contact or contact is None or coverage.shortest_distance is None:
+            return
+        distance, i, j = contact
+        if distance < CLOSE_CONTACT_FRACTION * coverage.shortest_distance:
+            self._warned_contact = True
+            prior = (
+                "the ZBL repulsion prior still pushes them apart"
+                if self.model.zbl is not None
+                else "this model has no short-range prior (a model with model.overrides.zbl: true has)"
+            )
+            warnings.warn(
+                f"atoms {i} ({chemical_symbols[int(batch.z[i])]}) and {j} ({chemical_symbols[int(batch.z[j])]}) "
+                f"are {distance:.3f} Å apart, far closer than any pair in this checkpoint's training data "
+                f"(shortest {coverage.shortest_distance:.3f} Å): the learned energy there is extrapolation; "
+                f"{prior}",
+                CloseContactWarning,
+                stacklevel=3,
+            )
 
     def _batch(self, atoms: Atoms) -> Batch:
         return atoms_to_batch(

@@ -32,6 +32,7 @@ SMALL = dict(
     radial_channels=16,
     cutoff=CUTOFF,
     activation="gate",
+    zbl=False,  # the learned energy alone: its finite-difference checks are tight; tests/test_zbl.py has the prior's
 )
 
 

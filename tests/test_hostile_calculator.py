@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ase import Atoms
+from ase.build import molecule
 from model_fixtures import SMALL, small_model, water
 
 from data_pipeline.schema import BadInputError
 from model.atomfm import model_config
-from model.calculator import AtomFMCalculator
+from model.calculator import AtomFMCalculator, CloseContactWarning, UnseenElementWarning
 from model.checkpoint_io import save_export
+from model.coverage import TrainingCoverage
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +124,45 @@ def test_from_checkpoint_on_a_damaged_export_names_the_file(case, export, tmp_pa
     with pytest.raises(BadInputError) as info:
         AtomFMCalculator.from_checkpoint(damaged.parent)
     assert str(damaged.parent) in str(info.value) and name in str(info.value), str(info.value)
+
+
+def covered_calculator(**coverage) -> AtomFMCalculator:
+    """A calculator whose checkpoint says it was trained on ``coverage`` (elements, shortest distance)."""
+    model = small_model()
+    model.config.coverage = TrainingCoverage(**coverage)
+    return AtomFMCalculator(model)
+
+
+def energy_warnings(calc: AtomFMCalculator, atoms: Atoms) -> list[warnings.WarningMessage]:
+    atoms.calc = calc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        atoms.get_potential_energy()
+    return [w for w in caught if issubclass(w.category, UnseenElementWarning | CloseContactWarning)]
+
+
+def test_an_element_never_seen_in_training_is_named_once_per_calculator():
+    calc = covered_calculator(elements=[1, 8], shortest_distance=0.9)
+    assert energy_warnings(calc, water()) == []
+    methane = molecule("CH4")
+    (first,) = energy_warnings(calc, methane)
+    assert first.category is UnseenElementWarning and "C (Z=6)" in str(first.message)
+    assert energy_warnings(calc, molecule("CH4")) == [], "said once"
+    (nitrogen,) = energy_warnings(calc, molecule("NH3"))
+    assert "N (Z=7)" in str(nitrogen.message) and "C (Z=6)" not in str(nitrogen.message)
+
+
+def test_two_atoms_far_closer_than_any_training_pair_are_named_once_per_calculator():
+    calc = covered_calculator(elements=[1, 8], shortest_distance=0.9)
+    squeezed = water()
+    squeezed.positions[1] = squeezed.positions[0] + [0.0, 0.0, 0.3]
+    (first,) = energy_warnings(calc, squeezed)
+    assert first.category is CloseContactWarning
+    assert "0.300 Å apart" in str(first.message) and "shortest 0.900 Å" in str(first.message)
+    assert energy_warnings(calc, squeezed) == [], "said once"
+
+
+def test_a_checkpoint_without_a_coverage_record_warns_of_nothing():
+    squeezed = molecule("CH4")
+    squeezed.positions[1] = squeezed.positions[0] + [0.0, 0.0, 0.2]
+    assert energy_warnings(AtomFMCalculator(small_model()), squeezed) == []

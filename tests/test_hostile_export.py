@@ -165,3 +165,14 @@ def test_resume_from_a_named_damaged_checkpoint_names_the_file(run, capsys):
     latest = list_checkpoints(run)[-1]
     (latest / "ema.pt").unlink()
     assert_refused(resume(run, capsys, "--resume", latest), latest, "ema.pt is missing")
+
+
+def test_a_checkpoint_records_the_elements_and_shortest_distance_it_was_trained_on(trained):
+    from data_pipeline.manifest import read_manifest
+    from data_pipeline.readers.elements import atomic_number
+
+    config = json.loads((list_checkpoints(trained)[-1] / "model_config.json").read_text())
+    corpus = read_manifest(trained.parent / "corpus")
+    elements = {atomic_number(e) for shard in corpus.shards for e in shard.elements}
+    assert set(config["coverage"]["elements"]) <= elements and len(config["coverage"]["elements"]) >= 3
+    assert 0.5 < config["coverage"]["shortest_distance"] < 2.0

@@ -72,8 +72,9 @@ def build_model(cfg: TrainConfig) -> AtomFM:
 
 def load_initial_weights(model: AtomFM, path: str | os.PathLike) -> list[str]:
     """Copy the weights of an export, a checkpoint or a run folder (its latest checkpoint) into ``model``:
-    no optimiser, no step counter. Parameters the checkpoint lacks (new heads) keep their initialisation and
-    are returned; a parameter of another shape (another size, lmax, vocabulary) is an error naming both."""
+    no optimiser, no step counter, and the record of what they were trained on (``config.coverage``).
+    Parameters the checkpoint lacks (new heads) keep their initialisation and are returned; a parameter of
+    another shape (another size, lmax, vocabulary) is an error naming both."""
     folder = _weights_folder(path)
     source = load_model(folder, dtype=torch.float32)
     ours = model.state_dict()
@@ -96,6 +97,7 @@ def load_initial_weights(model: AtomFM, path: str | os.PathLike) -> list[str]:
             field="model.init_from",
         )
     fresh = sorted(set(ours) - set(theirs))
+    model.config.coverage = source.config.coverage  # what those weights were trained on
     with torch.no_grad():
         for name, tensor in theirs.items():
             if name in ours:

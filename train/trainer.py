@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from model.checkpoint_layout import (
     resolve_checkpoint,
     verify_checkpoint,
 )
+from model.coverage import TrainingCoverage, batch_coverage
 from train.checkpoint import CheckpointManager, intact_resume_point
 from train.config import ConfigOrigin, TrainConfig, save_resolved_config
 from train.engine import TrainEngine, build_engine
@@ -83,6 +84,9 @@ class TrainerState:
     best_value: float | None = None  # the validation metric's best value so far (validation.metric)
     best_step: int | None = None
     validations_since_best: int = 0
+    # the model's training coverage, this rank's (all ranks' at a save): elements, shortest distance (Å)
+    elements_seen: list[int] = field(default_factory=list)
+    shortest_distance: float | None = None
 
 
 @dataclass
@@ -217,8 +221,10 @@ class Trainer:
 
         seed_everything(cfg.run.seed)
         model = build_model(cfg)
+        self._base_coverage: TrainingCoverage | None = None  # what the weights started from were trained on
         if resume_from is None and cfg.model.init_from:
             fresh = load_initial_weights(model, cfg.model.init_from)
+            self._base_coverage = model.config.coverage
             reinit_heads(model, cfg.finetune.reinit_heads)
             if ctx.is_main:
                 print(
@@ -344,6 +350,7 @@ class Trainer:
         while st.step < cfg.run.max_steps:
             with self._outside_a_step():
                 batch = next(batches)
+            self._cover(batch)
             batch = batch.to(ctx.device)
             poison = cfg.debug.poison_loss_at_step == st.step and ctx.is_main and micro_in_step == 0
             loss = micro_batch_loss(
@@ -457,7 +464,21 @@ class Trainer:
         self._last_saved = self._save()
         return True
 
+    def _cover(self, batch: AtomBatch) -> None:
+        """Add what ``batch`` holds (before corruption) to this rank's training coverage."""
+        seen = batch_coverage(batch).merged(
+            TrainingCoverage(self.state.elements_seen, self.state.shortest_distance)
+        )
+        self.state.elements_seen, self.state.shortest_distance = seen.elements, seen.shortest_distance
+
     def _save(self) -> Path:
+        coverage = self._base_coverage
+        for elements, shortest in self.ctx.all_gather_object(
+            (self.state.elements_seen, self.state.shortest_distance)
+        ):
+            coverage = TrainingCoverage(elements, shortest).merged(coverage)
+        self.state.elements_seen, self.state.shortest_distance = coverage.elements, coverage.shortest_distance
+        self.engine.module.config.coverage = coverage
         path = self.checkpoints.save(
             self.state.step,
             engine=self.engine,
