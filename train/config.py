@@ -45,6 +45,9 @@ class RunConfig:
     max_nonfinite_in_row: int = 5
     progress_bar: bool = True
     max_time_s: float | None = None  # wall-clock budget of this process: checkpoint and stop when it is spent
+    stop_wait_s: float = (
+        60.0  # after a stop signal, how long a batch may take to come before the run stops without one
+    )
 
 
 # Model fields the training config sets directly (``model.conservative_forces``), not through ``overrides``;
@@ -294,6 +297,10 @@ def check_config(cfg: TrainConfig, origin: ConfigOrigin) -> None:
     for key, value in positive.items():
         if value < 1:
             raise origin.error(key, f"must be at least 1, got {value}")
+    if not (math.isfinite(cfg.run.stop_wait_s) and cfg.run.stop_wait_s > 0):
+        raise origin.error(
+            "run.stop_wait_s", f"must be a positive number of seconds, got {cfg.run.stop_wait_s}"
+        )
     if cfg.run.max_time_s is not None and not cfg.run.max_time_s > 0:
         raise origin.error(
             "run.max_time_s", f"must be a positive number of seconds, got {cfg.run.max_time_s}"

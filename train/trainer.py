@@ -68,7 +68,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class StopWhileWaiting(Exception):
-    """A stop signal reached the run while it waited outside a step (for data, or in validation)."""
+    """A stop signal reached the run while it waited for data, and no batch came within ``run.stop_wait_s``."""
 
 
 @dataclass
@@ -213,7 +213,8 @@ class Trainer:
         self.tasks = build_tasks(cfg.tasks, ConfigOrigin("config"))
         self.state = TrainerState()
         self.stop_signal = False
-        self._waiting = False  # outside a step: a stop signal ends the run at once (StopWhileWaiting)
+        self._waiting = False  # waiting for data: a stop signal gives the batch run.stop_wait_s to come
+        self._alarm: Any = None  # the SIGALRM handler before a stop signal armed ours (None: not armed)
         self.time_up = False
         self.started = time.monotonic()
         self._last_saved: Path | None = None
@@ -301,25 +302,42 @@ class Trainer:
         )
 
     def install_signal_handlers(self) -> None:
-        """SIGUSR1 and SIGTERM stop the run: at the next step with a checkpoint, or at once while it waits
-        outside a step (a stream that delivers nothing must not keep it alive)."""
+        """SIGUSR1 and SIGTERM stop the run at the next step, with a checkpoint. One that comes while the run
+        waits for data gives the batch ``run.stop_wait_s`` to come (then the step and its checkpoint follow);
+        a stream stuck for longer, or a second signal, stops the run at once without a checkpoint."""
 
         def request_stop(signum: int, frame: Any) -> None:
-            self.stop_signal = True
-            if self._waiting:
-                self._waiting = False
-                raise StopWhileWaiting(f"{signal.Signals(signum).name} received")
+            repeated, self.stop_signal = self.stop_signal, True
+            if not self._waiting:
+                return
+            if repeated:
+                self._stop_now(f"{signal.Signals(signum).name} received twice")
+            if self._alarm is None:
+                self._alarm = signal.signal(signal.SIGALRM, lambda *_: self._stop_now(waited))
+                signal.setitimer(signal.ITIMER_REAL, self.cfg.run.stop_wait_s)
 
+        waited = (
+            f"a stop signal received, and no batch came within run.stop_wait_s={self.cfg.run.stop_wait_s:g} s"
+        )
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, request_stop)
 
+    def _stop_now(self, reason: str) -> None:
+        if self._waiting:
+            self._waiting = False
+            raise StopWhileWaiting(reason)
+
     @contextmanager
-    def _outside_a_step(self) -> Iterator[None]:
+    def _waiting_for_data(self) -> Iterator[None]:
         self._waiting = True
         try:
             yield
         finally:
             self._waiting = False
+            if self._alarm is not None:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, self._alarm)
+                self._alarm = None
 
     def run(self) -> TrainResult:
         st = self.state
@@ -328,8 +346,8 @@ class Trainer:
         except StopWhileWaiting as stop:
             stopped_by, last_checkpoint = "signal", self._last_saved
             self.logger.message(
-                f"{stop} outside a step (waiting for data or validating) at step {st.step}: stopping without "
-                f"a new checkpoint; the last one is {last_checkpoint}"
+                f"{stop} while waiting for data at step {st.step}: stopping without a new checkpoint; the last "
+                f"one is {last_checkpoint}"
             )
         self.logger.close()
         if stopped_by == "nonfinite":
@@ -348,7 +366,7 @@ class Trainer:
         stopped_by, last_checkpoint = "max_steps", self._last_saved
         micro_in_step = 0
         while st.step < cfg.run.max_steps:
-            with self._outside_a_step():
+            with self._waiting_for_data():
                 batch = next(batches)
             self._cover(batch)
             batch = batch.to(ctx.device)
@@ -396,8 +414,7 @@ class Trainer:
             if self.validator is not None and (
                 st.step % cfg.validation.every == 0 or st.step == cfg.run.max_steps
             ):
-                with self._outside_a_step():
-                    improved, early_stop = self._validate()
+                improved, early_stop = self._validate()
             if (
                 st.step % cfg.run.checkpoint_every == 0
                 or st.step == cfg.run.max_steps
