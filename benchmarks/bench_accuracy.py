@@ -216,6 +216,11 @@ def race(args: argparse.Namespace, mace: MaceSettings, corpus: Path, run_dir: Pa
     print(f"training atomfm and MACE for {args.budget_s:.0f} s each (logs in {run_dir})", flush=True)
     wait_all(processes)
     print(f"both finished after {time.monotonic() - start:.0f} s", flush=True)
+    return training_records(run_dir)
+
+
+def training_records(run_dir: Path) -> dict[str, Any]:
+    """What each model's finished run says of itself (steps, structures, curve)."""
     atomfm = final_record(run_dir / "atomfm.log")
     mace_record = json.loads((run_dir / "mace" / "result.json").read_text())
     return {
@@ -304,6 +309,7 @@ def main() -> None:
         "--atomfm-set", nargs="*", default=[], metavar="KEY=VALUE", help="further overrides of the recipe"
     )
     parser.add_argument("--mace-channels", type=int, default=32, help="MACE hidden irreps Cx0e + Cx1o")
+    parser.add_argument("--score-only", action="store_true", help="score the models of a finished race again")
     parser.add_argument(
         "--mace-equal-params", action="store_true", help="MACE channels chosen to match atomfm's parameters"
     )
@@ -361,10 +367,14 @@ def main() -> None:
         f"({atomfm_params['parameters_with_heads']:,} with all heads); MACE {mace.hidden_irreps}: {mace_params:,}",
         flush=True,
     )
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
     load_before = os.getloadavg()
-    trained = race(args, mace, corpus, run_dir)
+    if args.score_only:  # the race has run (a scoring step failed, or a new task): score its models again
+        trained = training_records(run_dir)
+        shutil.rmtree(run_dir / "eval", ignore_errors=True)
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        trained = race(args, mace, corpus, run_dir)
     load_after = os.getloadavg()
     start = time.monotonic()
     results = [json.loads(p.read_text()) for p in score(cfg, mace, run_dir, sets, training)]

@@ -194,8 +194,23 @@ def test_bad_eval_arguments_are_named(labelled_file, tmp_path, capsys, argv, mes
 
 
 def test_a_level_the_checkpoint_does_not_know_is_named(labelled_file, export, tmp_path, capsys):
-    assert atomfm(["eval", "--checkpoint", str(export), "--data", str(labelled_file), "--level-of-theory",
-                   "b3lyp-d9", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert (
+        atomfm(
+            [
+                "eval",
+                "--checkpoint",
+                str(export),
+                "--data",
+                str(labelled_file),
+                "--level-of-theory",
+                "b3lyp-d9",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "b3lyp-d9" in err and "gfn2-xtb" in err
 
@@ -271,18 +286,53 @@ def test_structures_a_calculator_cannot_handle_are_counted_not_fatal(labelled_fi
     silicon.calc = SinglePointCalculator(silicon, energy=-10.8, forces=np.zeros((2, 3)))
     mixed = tmp_path / "mixed.extxyz"
     write(mixed, [*frames, silicon])
-    assert atomfm(["eval", "--calculator", "ase.calculators.emt:EMT", "--data", str(mixed), "--level-of-theory",
-                   "emt", "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert (
+        atomfm(
+            [
+                "eval",
+                "--calculator",
+                "ase.calculators.emt:EMT",
+                "--data",
+                str(mixed),
+                "--level-of-theory",
+                "emt",
+                "--out",
+                str(tmp_path / "r"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     r = result(tmp_path / "r", "EMT")
     assert r["metrics"]["all"]["energy_mae"]["n"] == 4
     assert r["details"]["failed_per_domain"] == {"material": 1}
     assert any("Si" in reason for reason in r["details"]["failures"])
 
 
-def test_a_head_on_pseudo_scalars_tells_enantiomers_apart_where_invariants_cannot(export, labelled_file, tmp_path):
-    assert atomfm(["eval", "--checkpoint", str(export), "--name", "small", "--data", str(labelled_file),
-                   "--tasks", "chirality", "--task-option", "chirality.conformers=4", "--out", str(tmp_path),
-                   "--no-progress"]) == 0
+def test_a_head_on_pseudo_scalars_tells_enantiomers_apart_where_invariants_cannot(
+    export, labelled_file, tmp_path
+):
+    assert (
+        atomfm(
+            [
+                "eval",
+                "--checkpoint",
+                str(export),
+                "--name",
+                "small",
+                "--data",
+                str(labelled_file),
+                "--tasks",
+                "chirality",
+                "--task-option",
+                "chirality.conformers=4",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     (path,) = tmp_path.glob("small__chirality__*.json")
     metrics = json.loads(path.read_text())["metrics"]["molecule"]
     assert metrics["invariant_accuracy"]["value"] == 50.0  # identical features for the two enantiomers

@@ -25,8 +25,18 @@ from train.run_setup import build_model
 from train.schedule import WarmupCosine
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"channels": 16, "num_layers": 2, "num_heads": 2, "attn_channels": 8, "ffn_channels": 16, "lmax": 2,
-        "mmax": 1, "cutoff": 4.5, "num_rbf": 8, "radial_channels": 16}
+TINY = {
+    "channels": 16,
+    "num_layers": 2,
+    "num_heads": 2,
+    "attn_channels": 8,
+    "ffn_channels": 16,
+    "lmax": 2,
+    "mmax": 1,
+    "cutoff": 4.5,
+    "num_rbf": 8,
+    "radial_channels": 16,
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +48,20 @@ def corpus(tmp_path_factory) -> Path:
 
 def config(corpus: Path, out: Path, **sections) -> Path:
     cfg = {
-        "run": {"out_dir": str(out), "max_steps": 3, "log_every": 1, "checkpoint_every": 100, "progress_bar": False},
-        "data": {"corpus": [str(corpus)], "max_atoms": 64, "cutoff": 4.5, "shuffle_buffer": 8, "num_workers": 0},
+        "run": {
+            "out_dir": str(out),
+            "max_steps": 3,
+            "log_every": 1,
+            "checkpoint_every": 100,
+            "progress_bar": False,
+        },
+        "data": {
+            "corpus": [str(corpus)],
+            "max_atoms": 64,
+            "cutoff": 4.5,
+            "shuffle_buffer": 8,
+            "num_workers": 0,
+        },
         "model": {"size": "tiny", "overrides": TINY, "conservative_forces": False},
         "tasks": {"energy": {}, "forces": {}},
         "optim": {"lr": 3e-3, "warmup_steps": 0, "ema_decay": 0.0},
@@ -76,11 +98,22 @@ def first_loss(run: Path) -> float:
     return read_metrics(run)[0]["loss"]
 
 
-def test_finetuning_from_zero3_shards_and_from_their_export_gives_the_same_first_loss(pretrained, corpus, tmp_path):
+def test_finetuning_from_zero3_shards_and_from_their_export_gives_the_same_first_loss(
+    pretrained, corpus, tmp_path
+):
     losses = []
-    for name, source in (("from_shards", list_checkpoints(pretrained)[-1]), ("from_export", pretrained / "export")):
-        atomfm("finetune", "--from", str(source), "--config", str(config(corpus, tmp_path / name)),
-               "run.max_steps=1")
+    for name, source in (
+        ("from_shards", list_checkpoints(pretrained)[-1]),
+        ("from_export", pretrained / "export"),
+    ):
+        atomfm(
+            "finetune",
+            "--from",
+            str(source),
+            "--config",
+            str(config(corpus, tmp_path / name)),
+            "run.max_steps=1",
+        )
         losses.append(first_loss(tmp_path / name))
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
@@ -88,8 +121,13 @@ def test_finetuning_from_zero3_shards_and_from_their_export_gives_the_same_first
 def test_a_frozen_backbone_stays_put_until_it_is_unfrozen(pretrained, corpus, tmp_path):
     start = load_model(pretrained / "export").state_dict()
     frozen = tmp_path / "frozen"
-    atomfm("finetune", "--from", str(pretrained / "export"),
-           "--config", str(config(corpus, frozen, finetune={"freeze_backbone": True})))
+    atomfm(
+        "finetune",
+        "--from",
+        str(pretrained / "export"),
+        "--config",
+        str(config(corpus, frozen, finetune={"freeze_backbone": True})),
+    )
     after = load_model(list_checkpoints(frozen)[-1]).state_dict()
     for name, tensor in start.items():
         if name.startswith("backbone."):
@@ -97,11 +135,17 @@ def test_a_frozen_backbone_stays_put_until_it_is_unfrozen(pretrained, corpus, tm
     assert not torch.equal(after["heads.energy.mlp.0.weight"], start["heads.energy.mlp.0.weight"])
 
     thawed = tmp_path / "thawed"
-    atomfm("finetune", "--from", str(pretrained / "export"),
-           "--config", str(config(corpus, thawed, finetune={"freeze_backbone": True, "unfreeze_after": 2})))
+    atomfm(
+        "finetune",
+        "--from",
+        str(pretrained / "export"),
+        "--config",
+        str(config(corpus, thawed, finetune={"freeze_backbone": True, "unfreeze_after": 2})),
+    )
     after = load_model(list_checkpoints(thawed)[-1]).state_dict()
-    assert not torch.equal(after["backbone.blocks.0.attention.output.weight"],
-                           start["backbone.blocks.0.attention.output.weight"])
+    assert not torch.equal(
+        after["backbone.blocks.0.attention.output.weight"], start["backbone.blocks.0.attention.output.weight"]
+    )
 
 
 def test_layer_wise_learning_rates_decay_towards_the_embeddings(corpus, tmp_path):
@@ -126,15 +170,24 @@ def test_layer_wise_learning_rates_decay_towards_the_embeddings(corpus, tmp_path
 
 def test_lora_finetuning_trains_adapters_only_and_exports_a_plain_model(pretrained, corpus, tmp_path):
     run = tmp_path / "lora"
-    atomfm("finetune", "--from", str(pretrained / "export"),
-           "--config", str(config(corpus, run, model={"overrides": {**TINY, "lora": {"rank": 4}}})))
+    atomfm(
+        "finetune",
+        "--from",
+        str(pretrained / "export"),
+        "--config",
+        str(config(corpus, run, model={"overrides": {**TINY, "lora": {"rank": 4}}})),
+    )
     checkpoint = list_checkpoints(run)[-1]
     adapted = load_model(checkpoint, dtype=torch.float64)
     names = [n for n, _ in adapted.named_parameters()]
     assert any(is_adapter(n) for n in names)
     start = load_model(pretrained / "export").state_dict()
-    base = dict(adapted.named_parameters())["backbone.blocks.0.attention.output.parametrizations.weight.original"]
-    torch.testing.assert_close(base.float(), start["backbone.blocks.0.attention.output.weight"], rtol=0, atol=0)
+    base = dict(adapted.named_parameters())[
+        "backbone.blocks.0.attention.output.parametrizations.weight.original"
+    ]
+    torch.testing.assert_close(
+        base.float(), start["backbone.blocks.0.attention.output.weight"], rtol=0, atol=0
+    )
 
     atomfm("export", str(run), "--out", str(run / "export"))
     plain = load_model(run / "export", dtype=torch.float64)
@@ -143,10 +196,13 @@ def test_lora_finetuning_trains_adapters_only_and_exports_a_plain_model(pretrain
     from model_fixtures import alanine, batch_of
 
     batch = batch_of(alanine(), cutoff=4.5)
-    torch.testing.assert_close(plain(batch, ("energy",))["energy"], adapted(batch, ("energy",))["energy"],
-                               rtol=1e-6, atol=1e-6)
-    assert not torch.allclose(plain.state_dict()["backbone.blocks.0.attention.output.weight"].float(),
-                              start["backbone.blocks.0.attention.output.weight"])
+    torch.testing.assert_close(
+        plain(batch, ("energy",))["energy"], adapted(batch, ("energy",))["energy"], rtol=1e-6, atol=1e-6
+    )
+    assert not torch.allclose(
+        plain.state_dict()["backbone.blocks.0.attention.output.weight"].float(),
+        start["backbone.blocks.0.attention.output.weight"],
+    )
 
 
 def test_a_new_level_of_theory_grows_the_vocabulary_and_keeps_the_old_tables(pretrained, corpus, tmp_path):
@@ -162,16 +218,26 @@ def test_a_new_level_of_theory_grows_the_vocabulary_and_keeps_the_old_tables(pre
     structures = [replace(s, level_of_theory="my-dft/def2-tzvp") for s in read_split([str(corpus)], "train")]
     write_corpus(new_corpus, structures, shard_size=8)
     run = tmp_path / "new_level"
-    atomfm("finetune", "--from", str(pretrained / "export"),
-           "--config", str(config(new_corpus, run, optim={"lr": 1e-3})), "run.max_steps=2")
+    atomfm(
+        "finetune",
+        "--from",
+        str(pretrained / "export"),
+        "--config",
+        str(config(new_corpus, run, optim={"lr": 1e-3})),
+        "run.max_steps=2",
+    )
     before, after = load_model(pretrained / "export"), load_model(list_checkpoints(run)[-1])
     old = before.config.levels_of_theory
     assert after.config.levels_of_theory == [*old, "my-dft/def2-tzvp"]
     new_row = len(old)
-    torch.testing.assert_close(after.reference_energies.energies[:new_row], before.reference_energies.energies)
+    torch.testing.assert_close(
+        after.reference_energies.energies[:new_row], before.reference_energies.energies
+    )
     assert after.reference_energies.energies[new_row].abs().sum() > 0  # fitted on the new level's data
     emt = old.index("emt")
-    assert not torch.equal(after.reference_energies.energies[new_row], before.reference_energies.energies[emt])
+    assert not torch.equal(
+        after.reference_energies.energies[new_row], before.reference_energies.energies[emt]
+    )
 
     atomfm("export", str(run), "--out", str(run / "export"))
     molecule = water()

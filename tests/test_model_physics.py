@@ -123,7 +123,10 @@ def test_mirror_image_has_the_same_energy_and_mirrored_forces():
             for f_left, f_right in zip(e_left[1:], e_right[1:], strict=True):
                 torch.testing.assert_close(f_right, f_left * mirror, rtol=1e-9, atol=1e-12)
     with torch.no_grad():
-        pseudo = [model.backbone(*_backbone_inputs(model, atoms))[:, 0, model.backbone.polar == 0] for atoms in (left, right)]
+        pseudo = [
+            model.backbone(*_backbone_inputs(model, atoms))[:, 0, model.backbone.polar == 0]
+            for atoms in (left, right)
+        ]
     torch.testing.assert_close(pseudo[1], -pseudo[0], rtol=1e-9, atol=1e-14)
     assert pseudo[0].abs().max() > 1e-12
 

@@ -142,8 +142,9 @@ def test_init_from_copies_the_weights_and_refuses_another_shape(corpus, tmp_path
 
 def test_a_wall_clock_budget_stops_the_run_with_a_checkpoint(corpus, tmp_path):
     out = tmp_path / "timed"
-    result = train(config_file(corpus, out, **{"run.max_time_s": 2.0, "run.max_steps": 100000,
-                                               "validation.every": 0}))
+    result = train(
+        config_file(corpus, out, **{"run.max_time_s": 2.0, "run.max_steps": 100000, "validation.every": 0})
+    )
     final = json.loads(result.stdout.strip().splitlines()[-1])
     assert final["finished"] == "time_limit" and 0 < final["step"] < 100000
     assert list_checkpoints(out)[-1].name == f"step_{final['step']:08d}"
