@@ -228,9 +228,9 @@ def test_auto_picks_the_labeller_by_domain():
     ] == ["gfn2-xtb", "emt"]
     assert labeller_for(crystal_record(bulk("Si"), "si")) is CHGNetLabeller
     assert labeller_for(peptide()) is Amber14Labeller
-    with pytest.raises(ValueError, match="unknown label method 'dft'.*xtb, emt, amber14, chgnet, auto"):
+    with pytest.raises(ValueError, match="unknown label method 'dft'.*xtb, xtb-gfn1, emt, amber14, chgnet, auto"):
         label_structures([water], "dft")
-    assert set(LABELLERS) == {"xtb", "emt", "amber14", "chgnet", "auto"}
+    assert set(LABELLERS) == {"xtb", "xtb-gfn1", "emt", "amber14", "chgnet", "auto"}
 
 
 def test_parallel_labelling_keeps_input_order_and_matches_in_process():
