@@ -16,6 +16,8 @@ COMMAND_GROUPS: tuple[tuple[str, str], ...] = (
     ("finetune", "train.finetune_cli"),
     ("eval", "eval.cli"),
     ("leaderboard", "eval.leaderboard.cli"),
+    ("plan", "launch.plan_cli"),
+    ("launch", "launch.launch_cli"),
 )
 
 
@@ -25,8 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="atomfm: build corpora, train and evaluate an SE(3)-equivariant atomistic foundation model.",
     )
     # The deepspeed launcher puts --local_rank=N before the command (`--module launch.cli --local_rank=0 train`).
-    parser.add_argument("--local_rank", "--local-rank", dest="launcher_local_rank", type=int, default=None,
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--local_rank",
+        "--local-rank",
+        dest="launcher_local_rank",
+        type=int,
+        default=None,
+        help=argparse.SUPPRESS,
+    )
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     for name, module in COMMAND_GROUPS:
         try:

@@ -11,6 +11,12 @@ channels, F feed-forward channels, G = S² grid points, R radial channels):
     per atom:  7PC (two norms, residual, projections) + 2PF (feed-forward up/down) + 2GF (S² grid values
              and their activation) + PA (attention output projection)
 
+With activation checkpointing (``BackboneConfig.activation_checkpointing``) a layer keeps only its input
+(PC per atom) until the backward pass recomputes it, so the peak is every layer's input plus one layer's
+saved tensors (``checkpointed_bytes``, an upper bound: the recomputed layer's tensors are freed as its
+backward goes). A conservative-force loss keeps the recomputed graph for the second backward, so
+checkpointing saves little there.
+
 Measurement: the bytes of every distinct tensor autograd saves during a forward pass
 (``torch.autograd.graph.saved_tensors_hooks``), which is what a backward pass must keep alive; it is the
 same on any device.
@@ -38,11 +44,19 @@ class ActivationEstimate:
     bytes_per_value: int
     per_atom_values: int
     per_edge_values: int
+    num_layers: int = 1
+    layer_input_values: int = 0  # per atom and layer: what activation checkpointing keeps (P × C)
 
     @property
     def total_bytes(self) -> float:
         values = self.num_atoms * (self.per_atom_values + self.edges_per_atom * self.per_edge_values)
         return values * self.bytes_per_value
+
+    @property
+    def checkpointed_bytes(self) -> float:
+        """With activation checkpointing: every layer's input, plus one layer's tensors while it is recomputed."""
+        inputs = self.num_atoms * self.num_layers * self.layer_input_values * self.bytes_per_value
+        return inputs + self.total_bytes / self.num_layers
 
 
 def estimate_activation_memory(
@@ -56,7 +70,9 @@ def estimate_activation_memory(
     grid = resolution * 2 * resolution if cfg.activation == "s2" else 0
     per_edge = cfg.num_layers * (2 * p * c + 4 * k * c + 5 * k * a + p * a + 6 * r)
     per_atom = cfg.num_layers * (7 * p * c + 2 * p * f + 2 * grid * f + p * a)
-    return ActivationEstimate(num_atoms, edges_per_atom, bytes_per_value, per_atom, per_edge)
+    return ActivationEstimate(
+        num_atoms, edges_per_atom, bytes_per_value, per_atom, per_edge, cfg.num_layers, p * c
+    )
 
 
 def measure_saved_activations(model: torch.nn.Module, run: Callable[[], Any]) -> int:
