@@ -1,518 +1,265 @@
-"""Full-model throughput and memory: atoms/s of inference and of training steps, per size and lmax, on a
-batch of real drug-like molecules, a real protein and a silicon crystal, beside MACE and EquiformerV2 when
-they import.
+"""Full-model throughput and memory beside MACE and EquiformerV2, on the same structures, in one run: atoms/s
+of inference and of training steps and their peak memory, then the largest structure each model fits in a
+memory budget.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_model.py --quick          # a few minutes on 2 CPU cores
-    python benchmarks/bench_model.py --sizes tiny small base --lmax 2 4 --device cuda
+    OMP_NUM_THREADS=1 python benchmarks/bench_model.py --quick --eqv2-path /tmp/eqv2-site
+    python benchmarks/bench_model.py --lmax 2 4 --device cuda --memory 16GB
 
-Columns: ``infer`` = energy + conservative forces in eval mode (what MD and relaxations run);
-``train direct`` = energy + direct forces, loss backward (pretraining step); ``train cons.`` = energy +
-conservative forces with the graph kept, loss backward (force-field fine-tuning). Memory: the CUDA peak of
-the training step on GPUs; on CPU the bytes autograd saves for the backward pass plus the weights (the
-process's peak is not resettable there). A size is skipped when its analytic activation estimate does not
-fit the device's memory.
+Rows, per structure set and lmax (``benchmarks/model_rows.py`` has the models):
 
-Structures (all shipped in installed packages): 16 ligands of the PDB Chemical Component Dictionary with
-hydrogens (biotite), cobrotoxin with hydrogens (937 atoms, MDAnalysisTests; ``--quick``: the 137-atom
-Ala6-Pro-Ala6 helix), and rattled diamond silicon (3x3x3 cubic cells, 216 atoms; ``--quick``: 64).
+- ``atomfm tiny`` (1.12 M parameters) and ``atomfm tiny c80`` (``tiny`` with 80 channels: 1.38 M, the
+  size of MACE-medium),
+- ``MACE =ch``: MACE at tiny's channels (hidden ``64x0e + 64x1o + 64x2e``), ``MACE =par``: MACE-MP's
+  medium layout (``Cx0e + Cx1o``, spherical harmonics to 3) with C chosen to match ``tiny c80``'s count,
+- ``EqV2``: fairchem's EquiformerV2 at tiny's shape (runs when fairchem imports, e.g. from ``--eqv2-path``).
 
-MACE (mace-torch) and fairchem's EquiformerV2 (fairchem-core 1.10, the last release that ships it, installed
-without its torch 2.4 pin) run at the same channels, lmax and cutoff when their packages import in this
-interpreter; the JSON's ``baselines`` says which ran. MACE installs beside atomfm (``make setup-bench``), so
-the project's own environment runs atomfm and MACE; EquiformerV2 runs from a separate environment that
-holds all three (see docs/model.md, "Benchmark").
-Prints a table and writes JSON (atomically).
+Structures (``bench_structures``): drug-like molecules (MiniDrugBank, 30-80 atoms with hydrogens: 32, or 8
+with ``--quick``), a protein of the demo corpus with hydrogens (1,623 atoms, or its first 1,016 atoms with
+``--quick``) and rattled diamond silicon (216 atoms). Columns: ``infer`` = energy + conservative forces in
+eval mode (what MD and relaxations run); ``direct`` = energy + direct forces, loss backward (pretraining;
+MACE has no direct-force head: an energy-only step); ``cons.`` = energy + conservative forces with the graph
+kept, loss backward (force-field fine-tuning). Memory: the process's peak resident set during that mode (CPU)
+or the CUDA allocator's peak.
+
+Each row runs in its own process under ``--row-memory`` (default 8 GB): a mode that runs out of memory is
+recorded (``out_of_memory``), a process that dies is recorded with its signal and peak resident memory, and
+the run goes on. The JSON (written atomically after every row, with the git commit measured) holds every
+row finished so far.
+
+Largest structure (``--fit-systems``, default the crystal; ``--fit-modes``, default conservative training
+and inference): bisection on copies of the structure (``largest_fit``) under ``--fit-memory`` (default:
+``--memory``); a ``--memory`` above what the machine can spare is answered by extrapolating the probes'
+peak memory against atoms, and the JSON says which figures were measured and which extrapolated.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
-import os
 import platform
+import subprocess
 import sys
-import warnings
-from collections.abc import Callable
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-import ase.io
-import numpy as np
 import torch
-from ase import Atoms
-from ase.build import bulk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import seconds_per_call  # noqa: E402
+from largest_fit import extrapolate, largest_fit  # noqa: E402
+from memory_guard import environment, parse_bytes, run_guarded  # noqa: E402
 
-from data_pipeline.atomic_files import write_text_atomic
-from model.activation_memory import estimate_activation_memory, measure_saved_activations  # noqa: E402
+from data_pipeline.atomic_files import write_text_atomic  # noqa: E402
 from model.atomfm import AtomFM, model_config  # noqa: E402
-from model.calculator import atoms_to_batch  # noqa: E402
-from model.sizes import SIZES  # noqa: E402
 
-LIGANDS = (
-    "ATP",
-    "NAD",
-    "FAD",
-    "HEM",
-    "SAM",
-    "GTP",
-    "ADP",
-    "COA",
-    "PLP",
-    "FMN",
-    "NAP",
-    "STU",
-    "IMN",
-    "BEN",
-    "TRP",
-    "CAF",
-)
+ROOT = Path(__file__).resolve().parents[1]
+ROW_SCRIPT = Path(__file__).resolve().parent / "model_rows.py"
+SYSTEMS = ("ligands", "protein", "crystal")
+MODE_COLUMNS = (("infer", "infer"), ("train_direct", "direct"), ("train_conservative", "cons."))
+FIT_START_COPIES = {"crystal": 27, "ligands": 1, "protein": 1}  # crystal: 8-atom cells, 216 atoms to start
+MACE_MEDIUM_SIZE = {"channels": 80}  # tiny with 80 channels: 1.38 M parameters, MACE-medium's size
 
 
-def ligand_batch(count: int) -> list[Atoms]:
-    import biotite.structure.info as ccd
-
-    out = []
-    for code in LIGANDS[:count]:
-        residue = ccd.residue(code)
-        out.append(
-            Atoms(symbols=[e.capitalize() for e in residue.element], positions=residue.coord.astype(float))
-        )
-    return out
+def atomfm_parameters(lmax: int, overrides: dict[str, Any]) -> int:
+    with torch.device("meta"):
+        model = AtomFM(model_config("tiny", lmax=lmax, **overrides))
+    return sum(p.numel() for p in model.parameters())
 
 
-def protein(quick: bool) -> list[Atoms]:
-    data = Path(importlib.util.find_spec("MDAnalysisTests").origin).parent / "data"
-    atoms = ase.io.read(data / ("A6PA6_alpha.pdb" if quick else "cobrotoxin_dry_neutral_0.pdb"))
-    atoms.info["domain"] = "protein"
-    return [atoms]
-
-
-def crystal(quick: bool) -> list[Atoms]:
-    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2 if quick else 3)
-    atoms.rattle(0.05, seed=0)
-    return [atoms]
-
-
-def systems(quick: bool) -> dict[str, list[Atoms]]:
-    return {"ligands": ligand_batch(4 if quick else 16), "protein": protein(quick), "crystal": crystal(quick)}
-
-
-def training_memory(model: torch.nn.Module, step: Callable[[], Any], device: torch.device) -> int:
-    """CUDA peak bytes of one training step, or on CPU the saved activations plus the weights."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return measure_saved_activations(model, step) + weights
-
-
-def time_steps(
-    model: torch.nn.Module,
-    infer: Callable[[], Any],
-    direct_loss: Callable[[], torch.Tensor],
-    conservative_loss: Callable[[], torch.Tensor],
-    num_atoms: int,
-    device: torch.device,
-    repeat: int,
-) -> dict[str, float]:
-    def train(loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
-        def step() -> None:
-            model.zero_grad(set_to_none=True)
-            loss().backward()
-
-        return step
-
-    model.eval()
-    infer_s = seconds_per_call(infer, device, repeat)
-    model.train()
-    direct_s = seconds_per_call(train(direct_loss), device, repeat)
-    conservative_s = seconds_per_call(train(conservative_loss), device, repeat)
-    memory = training_memory(model, conservative_loss, device)
-    return {
-        "infer_atoms_per_s": num_atoms / infer_s,
-        "train_direct_atoms_per_s": num_atoms / direct_s,
-        "train_conservative_atoms_per_s": num_atoms / conservative_s,
-        "memory_bytes": memory,
+def row_specs(lmax: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows for one lmax, in table order, without the structure set."""
+    tiny = model_config("tiny", lmax=lmax).backbone
+    shape = {
+        k: getattr(tiny, k) for k in ("num_layers", "channels", "attn_channels", "num_heads", "ffn_channels")
     }
+    shape["mmax"] = tiny.mmax
+    common = {"lmax": lmax, "cutoff": tiny.cutoff, "device": args.device, "quick": args.quick}
+    specs = [
+        {"label": "atomfm tiny", "model": "atomfm", "overrides": {}, **common},
+        {"label": "atomfm tiny c80", "model": "atomfm", "overrides": MACE_MEDIUM_SIZE, **common},
+    ]
+    if not args.no_baselines:
+        specs += [
+            {
+                "label": "MACE =ch",
+                "model": "mace",
+                "layout": "equal_channels",
+                "channels": tiny.channels,
+                **common,
+            },
+            {
+                "label": "MACE =par",
+                "model": "mace",
+                "layout": "medium",
+                "target_parameters": atomfm_parameters(lmax, MACE_MEDIUM_SIZE),
+                **common,
+            },
+            {"label": "EqV2", "model": "eqv2", "shape": shape, **common},
+        ]
+    return specs
 
 
-def bench_atomfm(
-    size: str, lmax: int, structures: list[Atoms], device: torch.device, repeat: int
-) -> dict[str, Any]:
-    mmax = min(SIZES[size].get("mmax", lmax), lmax)
-    torch.manual_seed(0)
-    model = AtomFM(model_config(size, lmax=lmax, mmax=mmax)).to(device)
-    batch = atoms_to_batch(
-        structures, model.config.backbone.cutoff, level_of_theory="gfn2-xtb", device=device
-    )
-
-    def loss(outputs: tuple[str, ...], conservative: bool) -> torch.Tensor:
-        out = model(batch, outputs, conservative=conservative)
-        return out["energy"].square().sum() + out[outputs[1]].square().sum()
-
-    result = time_steps(
-        model,
-        lambda: model(batch, ("energy", "forces"), conservative=True),
-        lambda: loss(("energy", "forces_direct"), False),
-        lambda: loss(("energy", "forces"), True),
-        int(batch.pos.shape[0]),
-        device,
-        repeat,
-    )
-    return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "edges": int(batch.edge_index.shape[1]),
-        **result,
-    }
-
-
-def bench_mace(
-    channels: int, lmax: int, cutoff: float, structures: list[Atoms], device: torch.device, repeat: int
-) -> dict[str, Any]:
-    """MACE with ``channels`` x (0e + 1o + 2e) hidden features (its usual max L = 2), spherical harmonics to
-    ``lmax`` (at most 3: higher needs cuequivariance's Clebsch-Gordan tables), two interactions, correlation
-    order 3."""
-    # e3nn 0.4 (which mace-torch pins) stores its constants with slices, which torch >= 2.6 only unpickles
-    # when allowed
-    with torch.serialization.safe_globals([slice]):
-        from e3nn import o3
-        from mace import data as mace_data
-        from mace import modules, tools
-        from mace.tools import torch_geometric as mace_geometric
-
-    zs = sorted({int(z) for atoms in structures for z in atoms.numbers})
-    table = tools.AtomicNumberTable(zs)
-    hidden = " + ".join(f"{channels}x{deg}{'e' if deg % 2 == 0 else 'o'}" for deg in range(min(lmax, 2) + 1))
-    torch.manual_seed(0)
-    with warnings.catch_warnings():  # e3nn 0.4's TorchScript code generation warns once per module
-        warnings.simplefilter("ignore", UserWarning)
-        model = modules.ScaleShiftMACE(
-            r_max=cutoff,
-            num_bessel=8,
-            num_polynomial_cutoff=5,
-            max_ell=min(lmax, 3),
-            interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-            interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-            num_interactions=2,
-            num_elements=len(zs),
-            hidden_irreps=o3.Irreps(hidden),
-            MLP_irreps=o3.Irreps("16x0e"),
-            atomic_energies=np.zeros(len(zs)),
-            avg_num_neighbors=30.0,
-            atomic_numbers=zs,
-            correlation=3,
-            gate=torch.nn.functional.silu,
-            atomic_inter_scale=1.0,
-            atomic_inter_shift=0.0,
-        ).to(device)
-    configs = [mace_data.config_from_atoms(atoms) for atoms in structures]
-    graphs = [mace_data.AtomicData.from_config(c, z_table=table, cutoff=cutoff) for c in configs]
-    batch = next(iter(mace_geometric.dataloader.DataLoader(graphs, batch_size=len(graphs)))).to(device)
-
-    def run(training: bool) -> dict[str, torch.Tensor]:
-        return model(batch.to_dict(), training=training, compute_force=True)
-
-    def conservative_loss() -> torch.Tensor:
-        out = run(True)
-        return out["energy"].square().sum() + out["forces"].square().sum()
-
-    def energy_loss() -> torch.Tensor:
-        return model(batch.to_dict(), training=True, compute_force=False)["energy"].square().sum()
-
-    result = time_steps(
-        model,
-        lambda: run(False),
-        energy_loss,
-        conservative_loss,
-        int(batch.positions.shape[0]),
-        device,
-        repeat,
-    )
-    return {"parameters": sum(p.numel() for p in model.parameters()), "hidden_irreps": hidden, **result}
-
-
-def import_equiformer_v2() -> None:
-    """Import fairchem 1.x's EquiformerV2. fairchem imports ``torch_scatter.scatter``, a compiled extension
-    with no build for current torch: when it is missing, torch_geometric's pure-torch ``scatter`` stands in
-    (same arguments; torch_scatter's default ``dim`` is -1)."""
-    if "torch_scatter" not in sys.modules and importlib.util.find_spec("torch_scatter") is None:
-        import types
-
-        from torch_geometric.utils import scatter as pyg_scatter
-
-        def scatter(src, index, dim=-1, out=None, dim_size=None, reduce="sum"):  # noqa: ANN001, ANN202
-            if out is not None:
-                raise NotImplementedError("torch_scatter stand-in: out= is not supported")
-            return pyg_scatter(src, index, dim=dim, dim_size=dim_size, reduce=reduce)
-
-        shim = types.ModuleType("torch_scatter")
-        shim.__spec__ = importlib.machinery.ModuleSpec("torch_scatter", None)
-        shim.scatter = scatter
-        sys.modules["torch_scatter"] = shim
-    # e3nn 0.4 (shared with MACE) unpickles slices: see bench_mace
-    with torch.serialization.safe_globals([slice]):
-        importlib.import_module("fairchem.core.models.equiformer_v2.equiformer_v2")
-
-
-def bench_equiformer_v2(
-    channels: int,
-    lmax: int,
-    cutoff: float,
-    structures: list[Atoms],
-    device: torch.device,
-    repeat: int,
-    *,
-    mmax: int | None = None,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    attn_channels: int = 32,
-    ffn_channels: int = 128,
-) -> dict[str, Any]:
-    """fairchem 1.x's EquiformerV2 (backbone + scalar energy head + direct vector force head) at the same
-    channels, lmax, mmax (default min(lmax, 2)), layers, heads, attention and FFN widths as atomfm's size
-    (attention: ``attn_channels`` hidden, ``attn_channels / num_heads`` alpha and value channels per head);
-    fairchem's other defaults (512 Gaussian distance bases, 128 edge channels, separable S2 activations, RMS
-    norm), dropout and drop path off. The graph is every pair within ``cutoff``: built by fairchem
-    (``radius_graph_pbc``) for periodic structures, passed in as ``edge_index`` for molecules (fairchem's
-    molecular path calls torch_geometric's ``radius_graph``, which needs pyg-lib)."""
-    import_equiformer_v2()
-    from fairchem.core.models.equiformer_v2.equiformer_v2 import EquiformerV2Backbone
-    from fairchem.core.models.equiformer_v2.heads import EqV2ScalarHead, EqV2VectorHead
-    from torch_geometric.data import Batch, Data
-
-    periodic = any(bool(atoms.pbc.any()) for atoms in structures)
-    graphs = []
-    for atoms in structures:
-        pos = torch.tensor(atoms.positions, dtype=torch.float32)
-        graph = Data(
-            pos=pos,
-            atomic_numbers=torch.tensor(atoms.numbers, dtype=torch.long),
-            cell=torch.tensor(np.asarray(atoms.cell), dtype=torch.float32).view(1, 3, 3),
-            pbc=torch.tensor(atoms.pbc).view(1, 3),
-            natoms=torch.tensor([len(atoms)]),
+def run_row(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """One row in its own process under the row memory limit; the modes it finished, and how it ended."""
+    limit = parse_bytes(args.row_memory)
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "row.json"
+        child = {**spec, "repeat": args.repeat, "memory_limit_bytes": limit, "modes": args.modes}
+        outcome = run_guarded(
+            [sys.executable, str(ROW_SCRIPT), json.dumps(child), str(out)],
+            limit,
+            env=environment(args.eqv2_path if spec["model"] == "eqv2" else None),
+            timeout_s=args.row_timeout,
         )
-        if not periodic:
-            i, j = torch.nonzero(torch.cdist(pos, pos) < cutoff, as_tuple=True)
-            keep = i != j
-            graph.edge_index = torch.stack([j[keep], i[keep]])  # fairchem: row 0 source j, row 1 target i
-        graphs.append(graph)
-    batch = Batch.from_data_list(graphs).to(device)
-    num_atoms = int(batch.pos.shape[0])
+        measured = json.loads(out.read_text()) if out.is_file() else {"modes": {}}
+    row = {**spec, **measured, "process": outcome.to_dict()}
+    if outcome.returncode != 0:
+        row["killed"] = (
+            f"{outcome.signal or f'exit {outcome.returncode}'}"
+            + (" (resident memory over the row limit)" if outcome.killed_over_limit else "")
+            + (f" (over {args.row_timeout:.0f} s)" if outcome.wall_s > args.row_timeout else "")
+            + f", peak RSS {outcome.peak_rss_bytes / 2**30:.1f} GiB"
+        )
+    return row
 
-    torch.manual_seed(0)
-    backbone = EquiformerV2Backbone(
-        use_pbc=periodic,
-        regress_forces=True,
-        otf_graph=periodic,
-        max_neighbors=10_000,  # every neighbour within the cutoff, as atomfm and MACE use
-        max_radius=cutoff,
-        max_num_elements=100,
-        num_layers=num_layers,
-        sphere_channels=channels,
-        attn_hidden_channels=attn_channels,
-        num_heads=num_heads,
-        attn_alpha_channels=attn_channels // num_heads,  # fairchem's are per head, atomfm's split over heads
-        attn_value_channels=attn_channels // num_heads,
-        ffn_hidden_channels=ffn_channels,
-        lmax_list=[lmax],
-        mmax_list=[min(lmax, 2) if mmax is None else mmax],
-        alpha_drop=0.0,
-        drop_path_rate=0.0,
-        avg_num_nodes=num_atoms / len(structures),
-        avg_degree=30.0,
-    )
-    model = torch.nn.ModuleDict(
-        {"backbone": backbone, "energy": EqV2ScalarHead(backbone), "forces": EqV2VectorHead(backbone)}
-    ).to(device)
 
-    def energy_and_forces(conservative: bool, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        batch.pos.requires_grad_(conservative)
-        emb = model["backbone"](batch)
-        energy = model["energy"](batch, emb)["energy"]
-        if conservative:
-            (grad,) = torch.autograd.grad(energy.sum(), batch.pos, create_graph=create_graph)
-            return energy, -grad
-        return energy, model["forces"](batch, emb)["forces"]
+def git_commit() -> dict[str, Any]:
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
-    def loss(conservative: bool) -> torch.Tensor:
-        energy, forces = energy_and_forces(conservative, create_graph=True)
-        return energy.square().sum() + forces.square().sum()
-
-    result = time_steps(
-        model,
-        lambda: energy_and_forces(True, create_graph=False),
-        lambda: loss(False),
-        lambda: loss(True),
-        num_atoms,
-        device,
-        repeat,
-    )
-    batch.pos.requires_grad_(False)
     return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "edges": int(backbone.generate_graph(batch).edge_index.shape[1]),
-        **result,
+        "commit": git("rev-parse", "HEAD"),
+        "dirty_files": git("status", "--porcelain", "--", "model").splitlines(),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny size, small structures, one timed repeat")
-    parser.add_argument("--sizes", nargs="+", default=None, help=f"sizes from {', '.join(SIZES)}")
-    parser.add_argument("--lmax", nargs="+", type=int, default=[2, 4])
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller molecule set and protein, one timed call"
+    )
+    parser.add_argument("--lmax", nargs="+", type=int, default=[2])
+    parser.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--modes", nargs="+", default=[m for m, _ in MODE_COLUMNS])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeat", type=int, default=None, help="timed calls per measurement")
-    parser.add_argument("--no-baselines", action="store_true", help="skip MACE / EquiformerV2")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="timed calls per mode after a warm-up (median)"
+    )
+    parser.add_argument("--no-baselines", action="store_true", help="atomfm rows only")
+    parser.add_argument("--models", nargs="+", default=None, help="only these row labels (e.g. 'MACE =ch')")
+    parser.add_argument("--eqv2-path", nargs="*", default=[], help="extra sys.path for the EquiformerV2 rows")
+    parser.add_argument("--row-memory", default="8GB", help="memory limit of each row's process")
+    parser.add_argument("--row-timeout", type=float, default=1800.0, help="seconds before a row is killed")
+    parser.add_argument("--memory", default="16GB", help="budget of the largest-structure figures")
+    parser.add_argument("--fit-memory", default=None, help="budget measured by bisection (default --memory)")
+    parser.add_argument("--fit-systems", nargs="*", default=["crystal"], choices=SYSTEMS)
+    parser.add_argument("--fit-modes", nargs="*", default=["train_conservative", "infer"])
+    parser.add_argument("--fit-timeout", type=float, default=900.0, help="seconds before a probe is killed")
     parser.add_argument("--out", default="results/bench_model.json")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    sizes = args.sizes or (["tiny"] if args.quick else list(SIZES))
-    repeat = args.repeat or (1 if args.quick else 3)
-    structures = systems(args.quick)
-    budget = available_memory(device)
+    args.repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
 
-    rows: list[dict[str, Any]] = []
-    for size in sizes:
-        for lmax in args.lmax:
-            cfg = model_config(size, lmax=lmax, mmax=min(SIZES[size].get("mmax", lmax), lmax))
-            for name, atoms in structures.items():
-                row = {
-                    "model": "atomfm",
-                    "size": size,
-                    "lmax": lmax,
-                    "system": name,
-                    "atoms": sum(len(a) for a in atoms),
-                }
-                edges = atoms_to_batch(atoms, cfg.backbone.cutoff).edge_index.shape[1]
-                # conservative-force training keeps ~3x the activations of the analytic (direct) estimate
-                needed = (
-                    3
-                    * estimate_activation_memory(cfg.backbone, row["atoms"], edges / row["atoms"]).total_bytes
-                )
-                if needed > budget:
-                    rows.append({**row, "skipped": f"needs ~{needed / 2**30:.0f} GiB"})
-                    print_row(rows[-1])
-                    continue
-                rows.append({**row, **bench_atomfm(size, lmax, atoms, device, repeat)})
-                print_row(rows[-1])
-                if not args.no_baselines:
-                    rows.extend(baseline_rows(size, lmax, cfg, name, atoms, device, repeat))
-    result = {
-        "device": str(device),
+    result: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git": git_commit(),
+        "device": args.device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "quick": args.quick,
-        "rows": rows,
-        "baselines": baseline_status(rows),
+        "repeat": args.repeat,
+        "row_memory": args.row_memory,
+        "rows": [],
+        "largest_fit": [],
+        "finished": False,
     }
-    out = write_text_atomic(args.out, json.dumps(result, indent=1))
-    print(f"baselines: {result['baselines']}\nwrote {out}")
+
+    def write() -> None:
+        write_text_atomic(args.out, json.dumps(result, indent=1))
+
+    specs = [spec for lmax in args.lmax for spec in row_specs(lmax, args)]
+    if args.models:
+        specs = [spec for spec in specs if spec["label"] in args.models]
+    if not any(p for p in args.eqv2_path) and not eqv2_importable():
+        specs = [spec for spec in specs if spec["model"] != "eqv2"]
+        result["eqv2"] = "not importable here and no --eqv2-path: see docs/model.md, Benchmark"
+    for system in args.systems:
+        for spec in specs:
+            row = run_row({**spec, "system": system}, args)
+            result["rows"].append(row)
+            write()
+            print_row(row)
+
+    budget = parse_bytes(args.memory)
+    fit_budget = parse_bytes(args.fit_memory or args.memory)
+    for system in args.fit_systems:
+        for mode in args.fit_modes:
+            for spec in specs:
+                fit = largest_fit(
+                    {**spec, "system": system, "modes": [mode]},
+                    fit_budget,
+                    args.eqv2_path if spec["model"] == "eqv2" else [],
+                    start_copies=FIT_START_COPIES[system],
+                    timeout_s=args.fit_timeout,
+                    log=lambda p, s=spec: print(f"  probe {s['label']}: {p}", flush=True),
+                )
+                atoms_at_budget = (
+                    fit["largest_fitting_atoms"] if fit_budget == budget else extrapolate(fit, budget)
+                )
+                result["largest_fit"].append(
+                    {
+                        "label": spec["label"],
+                        "system": system,
+                        "mode": mode,
+                        "lmax": spec["lmax"],
+                        **fit,
+                        "budget_bytes": budget,
+                        "atoms_at_budget": atoms_at_budget,
+                        "at_budget_is": "measured" if fit_budget == budget else "extrapolated",
+                    }
+                )
+                write()
+                print_fit(result["largest_fit"][-1])
+    result["finished"] = True
+    write()
+    print(f"wrote {args.out}")
 
 
-INSTALL_HINTS = {
-    "mace": "make setup-bench installs mace-torch beside atomfm",
-    "equiformer_v2": "fairchem-core 1.10 pins torch 2.4: run it from its own venv (docs/model.md, Benchmark)",
-}
+def eqv2_importable() -> bool:
+    import importlib.util
 
-
-def baseline_status(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """Per baseline: "ran" (some row measured), "failed" (every row skipped) or why it did not import."""
-    status = {}
-    for name, key, module in (
-        ("mace", "mace", "mace.modules"),
-        ("equiformer_v2", "eqv2", "fairchem.core.models.equiformer_v2.equiformer_v2"),
-    ):
-        ran = [row for row in rows if row["model"] == key]
-        if ran:
-            status[name] = "ran" if any("skipped" not in row for row in ran) else "failed"
-            continue
-        try:
-            if name == "equiformer_v2":
-                import_equiformer_v2()
-            else:
-                with torch.serialization.safe_globals([slice]):
-                    importlib.import_module(module)
-            status[name] = "importable, not run"
-        except ImportError as err:
-            status[name] = f"not importable here ({err}); {INSTALL_HINTS[name]}"
-    return status
-
-
-def baseline_rows(
-    size: str, lmax: int, cfg: Any, system: str, atoms: list[Atoms], device: torch.device, repeat: int
-) -> list[dict[str, Any]]:
-    """One row per baseline whose package imports in this interpreter (MACE, EquiformerV2)."""
-    b = cfg.backbone
-    runs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
-    if importlib.util.find_spec("mace") is not None:
-        runs.append(("mace", lambda: bench_mace(b.channels, lmax, b.cutoff, atoms, device, repeat)))
-    if importlib.util.find_spec("fairchem") is not None:
-        runs.append(
-            (
-                "eqv2",
-                lambda: bench_equiformer_v2(
-                    b.channels,
-                    lmax,
-                    b.cutoff,
-                    atoms,
-                    device,
-                    repeat,
-                    mmax=b.mmax,
-                    num_layers=b.num_layers,
-                    num_heads=b.num_heads,
-                    attn_channels=b.attn_channels,
-                    ffn_channels=b.ffn_channels,
-                ),
-            )
-        )
-    rows = []
-    for name, bench in runs:
-        row = {
-            "model": name,
-            "size": size,
-            "lmax": lmax,
-            "system": system,
-            "atoms": sum(len(a) for a in atoms),
-        }
-        try:
-            row.update(bench())
-        except (RuntimeError, ValueError, TypeError, KeyError, AssertionError, ImportError) as err:
-            row["skipped"] = f"failed: {type(err).__name__}: {err}"
-        print_row(row)
-        rows.append(row)
-    return rows
-
-
-def available_memory(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory * 0.9
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5
+    return importlib.util.find_spec("fairchem") is not None
 
 
 def print_row(row: dict[str, Any]) -> None:
     if not hasattr(print_row, "header"):
         print_row.header = True
-        print(
-            f"{'model':<8}{'size':<7}{'lmax':>5}{'system':>9}{'atoms':>7}{'params':>12}{'infer':>10}"
-            f"{'train direct':>14}{'train cons.':>13}{'memory':>11}   (atoms/s; memory MiB)"
-        )
-    head = f"{row['model']:<8}{row['size']:<7}{row['lmax']:>5}{row['system']:>9}{row['atoms']:>7}"
-    if "skipped" in row:
-        print(f"{head}  skipped: {row['skipped']}")
-        return
+        cols = "".join(f"{name:>9}{'GiB':>6}" for _, name in MODE_COLUMNS)
+        print(f"{'model':<17}{'lmax':>5}{'system':>9}{'atoms':>7}{'params':>11}{cols}   (atoms/s, peak GiB)")
+    head = f"{row['label']:<17}{row['lmax']:>5}{row['system']:>9}{row.get('atoms', 0):>7}{row.get('parameters', 0):>11,}"
+    cells = []
+    for mode, _ in MODE_COLUMNS:
+        m = row.get("modes", {}).get(mode)
+        if m is None:
+            cells.append(f"{'-':>9}{'':>6}")
+        elif "seconds" in m:
+            cells.append(f"{m['atoms_per_s']:>9.1f}{m['peak_rss_bytes'] / 2**30:>6.1f}")
+        else:
+            cells.append(
+                f"{'OOM' if m.get('out_of_memory') else 'error':>9}{m['peak_rss_bytes'] / 2**30:>6.1f}"
+            )
+    tail = f"  {row['killed']}" if "killed" in row else ""
+    tail += f"  {row['error']}" if "error" in row else ""
+    print(head + "".join(cells) + tail, flush=True)
+
+
+def print_fit(fit: dict[str, Any]) -> None:
     print(
-        f"{head}{row['parameters']:>12,}{row['infer_atoms_per_s']:>10.0f}{row['train_direct_atoms_per_s']:>14.0f}"
-        f"{row['train_conservative_atoms_per_s']:>13.0f}{row['memory_bytes'] / 2**20:>11.0f}",
+        f"largest {fit['system']} for {fit['label']} ({fit['mode']}): {fit['largest_fitting_atoms']} atoms in "
+        f"{fit['limit_bytes'] / 2**30:.1f} GiB (measured); {fit['atoms_at_budget']} atoms in "
+        f"{fit['budget_bytes'] / 2**30:.0f} GiB ({fit['at_budget_is']})",
         flush=True,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -19,3 +20,20 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, repeat: int
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - start) / repeat
+
+
+def median_seconds_per_call(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
+    """Median seconds of ``fn()`` over ``repeat`` calls after one warm-up call (``repeat`` 0: the one call,
+    timed), synchronising CUDA around each: robust to the other jobs of a shared machine."""
+
+    def timed() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    first = timed()
+    return statistics.median([timed() for _ in range(repeat)]) if repeat else first
