@@ -117,6 +117,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through :func:`atomic_path`."""
     import torch

@@ -1,4 +1,4 @@
-"""`atomfm data ...`: ingest files into shards, inspect a corpus, build the demo corpus."""
+"""`atomfm data ...`: ingest files into shards, inspect or upgrade a corpus, build the demo corpus."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip sha256 verification of shards")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_run("data_pipeline.inspect_corpus", "main"))
+
+    p = dsub.add_parser("upgrade", help="rewrite an old corpus (atom counts inline) in the current manifest layout")
+    p.add_argument("corpus", help="corpus folder")
+    p.set_defaults(func=_run("data_pipeline.upgrade_corpus", "main"))
 
     p = dsub.add_parser("demo", help="build the three-domain demo corpus from real structures shipped in packages")
     p.add_argument("--out", required=True, help="corpus folder")

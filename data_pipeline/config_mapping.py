@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -53,8 +54,7 @@ def from_mapping(
     if not isinstance(raw, Mapping):
         where = prefix or "top level"
         raise origin.error(prefix, f"section {where} must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.init]
+    hints, fields = _annotations(cls)
     names = [f.name for f in fields]
     for key in raw:
         if key not in names:
@@ -71,6 +71,12 @@ def from_mapping(
         return cls(**values)
     except BadInputError as err:
         raise origin.error(_join(prefix, err.field or ""), err.reason) from None
+
+
+@functools.cache
+def _annotations(cls: type) -> tuple[dict[str, Any], list[dataclasses.Field]]:
+    """The resolved annotations and init fields of a dataclass, worked out once (a manifest has 20k entries)."""
+    return typing.get_type_hints(cls), [f for f in dataclasses.fields(cls) if f.init]
 
 
 def coerce(tp: Any, value: Any, key: str, origin: ConfigOrigin) -> Any:

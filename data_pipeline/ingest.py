@@ -1,13 +1,15 @@
 """Ingest structures into a corpus: validated, split, labelled records → webdataset shards + manifest.
 
 One call ingests one *source* into a corpus folder; several sources make one corpus. Per record:
-validate → split by hashing the group id → key uniqueness check → (resume skip) → label → shard. The
-manifest is rewritten atomically after every finished shard, so an interrupted run's manifest lists
-exactly its complete shards. Re-running with the same inputs and options resumes: finished shards are
-verified (sha256) and kept, and their records are skipped per (domain, split) stream before labelling.
-Different inputs or options, or ``rebuild=True``, rebuild the source: its entries leave the manifest
-first, then its files are deleted, so the manifest never lists a missing file. The command line,
-`atomfm data ingest`, is :mod:`data_pipeline.ingest_cli`.
+validate → split by hashing the group id → key uniqueness check (against the corpus's key index,
+:mod:`data_pipeline.key_index`) → (resume skip) → label → shard. Each finished shard (and its atom-counts
+file) is published, its keys indexed, then one line appended to the source's shard list, so an interrupted
+run's manifest lists exactly its complete shards; ``manifest.json`` itself is written only when a run starts
+and ends. Re-running with the same inputs and options resumes: finished shards are verified (sha256) and
+kept, and their records are skipped per (domain, split) stream before labelling. Different inputs or
+options, or ``rebuild=True``, rebuild the source: its entries leave the manifest first, then its files are
+deleted, so the manifest never lists a missing file. A version 1 corpus is upgraded to version 2 first. The
+command line, `atomfm data ingest`, is :mod:`data_pipeline.ingest_cli`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import logging
 import re
 import sys
-import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, closing
@@ -28,19 +29,31 @@ from typing import Any
 
 from tqdm import tqdm
 
+from data_pipeline.atom_counts import decode_atom_counts
 from data_pipeline.atomic_files import is_temporary_of, output_folder
 from data_pipeline.folder_lock import folder_lock
+from data_pipeline.key_index import KeyIndex
 from data_pipeline.labels import LABELLERS, LabelOutcome, label_outcomes
-from data_pipeline.manifest import Manifest, ShardInfo, manifest_path, read_manifest, write_manifest
+from data_pipeline.manifest import (
+    SHARD_LIST_SUFFIX,
+    Manifest,
+    ShardInfo,
+    append_shard,
+    manifest_path,
+    read_manifest,
+    shard_index,
+    write_manifest,
+    write_manifest_index,
+    write_shard_list,
+)
 from data_pipeline.schema import DOMAINS, BadInputError, Structure, validate
-from data_pipeline.shards import TMP_SUFFIX, ShardWriter, sha256_of, shard_pattern
+from data_pipeline.shards import TMP_SUFFIX, ShardWriter, atom_counts_pattern, sha256_of, shard_pattern
 from data_pipeline.splits import DEFAULT_FRACTIONS, assign_split, check_fractions
 
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 LOCK_NAME = ".ingest.lock"
-_SHARD_INDEX = re.compile(r"-(\d{6})\.tar$")
 
 
 def check_source_name(source: str) -> str:
@@ -126,22 +139,36 @@ def _stream_name(domain: str, split: str) -> str:
     return f"{domain}-{split}"
 
 
-def _shard_index(path: str) -> int:
-    match = _SHARD_INDEX.search(path)
-    if match is None:
-        raise BadInputError("shard name does not end in -NNNNNN.tar", path=path, field="path")
-    return int(match.group(1))
-
-
 def _shard_is_intact(out_dir: Path, info: ShardInfo) -> bool:
+    """The shard and its atom-counts file are on disk as listed (size, sha256, counts)."""
     path = out_dir / info.path
-    return path.is_file() and path.stat().st_size == info.bytes and sha256_of(path) == info.sha256
+    if not (path.is_file() and path.stat().st_size == info.bytes and sha256_of(path) == info.sha256):
+        return False
+    if info.natoms_file is None:
+        return True
+    counts = out_dir / info.natoms_file.path
+    if not counts.is_file():
+        return False
+    try:
+        decode_atom_counts(
+            counts.read_bytes(),
+            where=str(counts),
+            num_samples=info.num_samples,
+            num_atoms=info.num_atoms,
+            sha256=info.natoms_file.sha256,
+        )
+    except BadInputError:
+        return False
+    return True
 
 
 def _remove_strays(out_dir: Path, manifest: Manifest, source: str) -> None:
-    """Delete what an interrupted run can leave: temporary shards and manifests, and this source's unlisted shards."""
-    listed = {s.path for s in manifest.shards}
-    pattern = shard_pattern(source)
+    """Delete what an interrupted run can leave: temporary shards, atom-counts files, shard lists and manifests,
+    and this source's unlisted shards and atom-counts files."""
+    listed = {s.path for s in manifest.shards} | {
+        s.natoms_file.path for s in manifest.shards if s.natoms_file
+    }
+    patterns = (shard_pattern(source), atom_counts_pattern(source))
     manifest_name = manifest_path(out_dir).name
     for path in sorted(out_dir.iterdir()):
         name = path.name
@@ -149,32 +176,17 @@ def _remove_strays(out_dir: Path, manifest: Manifest, source: str) -> None:
             name.endswith(".tar" + TMP_SUFFIX)
             or name.startswith(f".{manifest_name}.tmp-")  # write_manifest's temporary before atomic_path
             or is_temporary_of(name, manifest_name)
+            or (name.startswith(".") and name.endswith(".tmp") and SHARD_LIST_SUFFIX in name)
+            or (
+                name.startswith(".")
+                and name.endswith(".tmp")
+                and atom_counts_pattern(source).match(name[1:].rsplit(".", 2)[0])
+            )
         )
-        unlisted = pattern.match(name) is not None and name not in listed
+        unlisted = any(p.match(name) for p in patterns) and name not in listed
         if path.is_file() and (stray_tmp or unlisted):
             log.warning("removing %s left by an interrupted ingest", path)
             path.unlink()
-
-
-def _corpus_keys(out_dir: Path, manifest: Manifest, *, exclude_source: str) -> dict[str, str]:
-    """key → source for every structure of the corpus's other sources, read from their shards' JSON members."""
-    owners: dict[str, str] = {}
-    for info in manifest.shards:
-        if info.source == exclude_source:
-            continue
-        path = out_dir / info.path
-        try:
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    if member.isfile() and member.name.endswith(".json"):
-                        owners[json.loads(tar.extractfile(member).read())["key"]] = info.source
-        except (OSError, tarfile.TarError, ValueError, KeyError) as err:
-            raise BadInputError(
-                f"cannot read the keys of this shard of source {info.source!r} ({err}); "
-                f"`atomfm data inspect` shows the damage, and re-running {info.source!r}'s ingest repairs it",
-                path=str(path),
-            ) from None
-    return owners
 
 
 @dataclass
@@ -196,7 +208,7 @@ class _Stream:
 
 
 class _SourceIngest:
-    """The state of one ingest run of one source; commits the manifest after every finished shard."""
+    """The state of one ingest run of one source; lists each finished shard as it is published."""
 
     def __init__(
         self,
@@ -205,22 +217,23 @@ class _SourceIngest:
         record: dict[str, Any],
         options: IngestOptions,
         skipped: Counter,
+        keys: KeyIndex,
     ) -> None:
         self.out_dir, self.manifest, self.record = out_dir, manifest, record
         self.options, self.source = options, options.source
         self.skipped = skipped
         self.streams: dict[str, _Stream] = {}
-        self.other_keys = _corpus_keys(out_dir, manifest, exclude_source=self.source)
+        self.keys = keys
         self.own_keys: set[str] = set()
         self.run = {"started": _now(), "finished": None, "resumed": 0, "labelled": 0, "written": 0}
         record.setdefault("runs", []).append(self.run)
-        for name, checkpoints in record.get("streams", {}).items():
-            domain_name, split = name.rsplit("-", 1)
-            stream = self._stream(domain_name, split)
-            stream.checkpoints = list(checkpoints)
-            if checkpoints:
-                stream.to_resume = stream.position = checkpoints[-1]["position"]
-                stream.label_skipped = Counter(checkpoints[-1]["label_skipped"])
+        # the source's listed shards all have checkpoints here (_resume_point keeps no other)
+        for info in sorted(manifest.select(source=self.source), key=lambda s: shard_index(s.path)):
+            self._stream(info.domain, info.split).checkpoints.append(manifest.resume[info.path])
+        for stream in self.streams.values():
+            if stream.checkpoints:
+                stream.to_resume = stream.position = stream.checkpoints[-1]["position"]
+                stream.label_skipped = Counter(stream.checkpoints[-1]["label_skipped"])
 
     def _stream(self, domain: str, split: str) -> _Stream:
         name = _stream_name(domain, split)
@@ -249,9 +262,12 @@ class _SourceIngest:
         counter[reason] += 1
 
     def _commit(self, stream: _Stream, info: ShardInfo) -> None:
-        stream.checkpoints.append({"position": stream.position, "label_skipped": dict(stream.label_skipped)})
-        self.manifest.shards.append(info)
-        self.write(status="running")
+        """A shard was published: index its keys, then list it (one line appended to the source's list)."""
+        checkpoint = {"position": stream.position, "label_skipped": dict(stream.label_skipped)}
+        stream.checkpoints.append(checkpoint)
+        assert stream.writer is not None
+        self.keys.add(info, stream.writer.finished_keys)
+        append_shard(self.out_dir, self.manifest, info, checkpoint)
 
     def total_skipped(self) -> Counter:
         total = Counter(self.skipped)
@@ -260,7 +276,8 @@ class _SourceIngest:
         return total
 
     def write(self, *, status: str) -> None:
-        """Refresh this source's record from its shards and rewrite the manifest atomically."""
+        """Refresh this source's record from its shards and write ``manifest.json`` atomically (the shard lists
+        are on disk already)."""
         shards = self.manifest.select(source=self.source)
         domains: Counter = Counter()
         splits: Counter = Counter()
@@ -278,8 +295,7 @@ class _SourceIngest:
             streams={name: s.checkpoints for name, s in sorted(self.streams.items()) if s.checkpoints},
         )
         self.manifest.sources[self.source] = self.record
-        self.manifest.shards.sort(key=lambda s: s.path)
-        write_manifest(self.out_dir, self.manifest)
+        write_manifest_index(self.out_dir, self.manifest)
 
     def _prepared(self, structures: Iterable[Structure]) -> Iterator[Structure]:
         """Validated, split, unique records that still need a shard (resumed ones are skipped here)."""
@@ -292,12 +308,13 @@ class _SourceIngest:
                 continue
             group = s.group_id or s.key
             s = replace(s, group_id=group, split=assign_split(group, seed, fractions))
-            if s.key in self.other_keys:
+            owner = self.keys.owner(s.key)
+            if owner is not None and owner != self.source:
                 self._skip(
                     self.skipped,
                     "duplicate key",
                     BadInputError(
-                        f"key already in the corpus from source {self.other_keys[s.key]!r}; "
+                        f"key already in the corpus from source {owner!r}; "
                         f"source {self.source!r} cannot add it again",
                         record=s.key,
                         field="key",
@@ -327,6 +344,7 @@ class _SourceIngest:
         return label_outcomes(records, self.options.label, workers=self.options.workers, progress=False)
 
     def ingest(self, structures: Iterable[Structure]) -> None:
+        write_shard_list(self.out_dir, self.manifest, self.source)  # exists before manifest.json names it
         self.write(status="running")
         bar = tqdm(
             desc=f"ingest {self.source}",
@@ -360,39 +378,40 @@ class _SourceIngest:
 
 
 def _drop_shards(out_dir: Path, manifest: Manifest, doomed: list[ShardInfo]) -> None:
-    """Unlist shards (manifest written first), then delete their files."""
+    """Unlist shards (their sources' shard lists and manifest.json written first), then delete their files."""
     names = {s.path for s in doomed}
     manifest.shards = [s for s in manifest.shards if s.path not in names]
-    write_manifest(out_dir, manifest)
-    for name in sorted(names):
-        (out_dir / name).unlink(missing_ok=True)
+    for name in names:
+        manifest.resume.pop(name, None)
+    for source in sorted({s.source for s in doomed}):
+        write_shard_list(out_dir, manifest, source)
+    write_manifest_index(out_dir, manifest)
+    for info in sorted(doomed, key=lambda s: s.path):
+        (out_dir / info.path).unlink(missing_ok=True)
+        if info.natoms_file is not None:
+            (out_dir / info.natoms_file.path).unlink(missing_ok=True)
 
 
 def _resume_point(out_dir: Path, manifest: Manifest, source: str, record: dict[str, Any]) -> bool:
-    """Keep the source's intact leading shards per stream, drop the rest; True if every listed shard was kept."""
-    checkpoints = record.get("streams", {})
+    """Keep the source's intact leading shards per stream (those with a resume checkpoint), drop the rest; True
+    if every listed shard was kept."""
     by_stream: dict[str, list[ShardInfo]] = {}
     for info in manifest.select(source=source):
         by_stream.setdefault(_stream_name(info.domain, info.split), []).append(info)
-    kept_checkpoints: dict[str, list[dict[str, Any]]] = {}
     doomed: list[ShardInfo] = []
-    for name, shards in by_stream.items():
-        shards.sort(key=lambda s: _shard_index(s.path))
-        known = checkpoints.get(name, [])
+    for shards in by_stream.values():
+        shards.sort(key=lambda s: shard_index(s.path))
         keep = 0
         while (
             keep < len(shards)
-            and keep < len(known)
-            and _shard_index(shards[keep].path) == keep
+            and shards[keep].path in manifest.resume
+            and shard_index(shards[keep].path) == keep
             and _shard_is_intact(out_dir, shards[keep])
         ):
             keep += 1
         for info in shards[keep:]:
             log.warning("shard %s is damaged or out of order: it will be written again", info.path)
         doomed.extend(shards[keep:])
-        if keep:
-            kept_checkpoints[name] = known[:keep]
-    record["streams"] = kept_checkpoints
     if doomed:
         record["status"] = "running"
         _drop_shards(out_dir, manifest, doomed)
@@ -442,6 +461,9 @@ def ingest_structures(
     out = output_folder(out_dir)
     with corpus_lock(out):
         manifest = read_manifest(out) if manifest_path(out).is_file() else Manifest()
+        if manifest.version < 2:
+            log.warning("upgrading the corpus manifest to version 2 (atom counts beside the shards)")
+            write_manifest(out, manifest)
         _remove_strays(out, manifest, source)
         record = manifest.sources.get(source)
         if record is not None and not options.rebuild and record.get("fingerprint") != fingerprint:
@@ -466,12 +488,20 @@ def ingest_structures(
                 )
                 return record
         else:
+            if manifest.select(
+                source=source
+            ):  # shards listed without a source record: not ingest's, replace them
+                _drop_shards(out, manifest, manifest.select(source=source))
             record = {
                 "fingerprint": fingerprint,
                 "options": options.shard_options(),
                 "inputs": options.inputs,
                 "streams": {},
             }
-        run = _SourceIngest(out, manifest, record, options, Counter() if skipped is None else skipped)
-        run.ingest(structures)
+        with KeyIndex(out) as keys:
+            keys.sync(manifest)
+            run = _SourceIngest(
+                out, manifest, record, options, Counter() if skipped is None else skipped, keys
+            )
+            run.ingest(structures)
         return record

@@ -3,8 +3,9 @@
 The summary comes from ``manifest.json`` alone. Verification checks each listed shard's size and sha256,
 then reads it through webdataset's tar reader and decodes every sample, which catches truncated tars and
 damaged samples; shard files the manifest does not list (orphans, unfinished ``.tar.tmp``) are reported too.
-The manifest is checked against itself: a source whose record counts other shards or structures than the
-manifest lists for it makes the corpus inconsistent (its unlisted shard files on disk are named with it).
+The manifest is checked against itself and its atom-counts files: a source whose record counts other shards or
+structures than the manifest lists for it, or a shard whose atom-counts file is missing, truncated or disagrees
+with its entry, makes the corpus inconsistent (naming the source and its unlisted shard files, or the file).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 
 from webdataset.tariterators import tarfile_samples
 
-from data_pipeline.manifest import Manifest, ShardInfo, read_manifest
+from data_pipeline.atom_counts import SUFFIX as ATOM_COUNTS_SUFFIX
+from data_pipeline.atom_counts import decode_atom_counts
+from data_pipeline.manifest import VERSION, Manifest, ShardInfo, read_manifest
 from data_pipeline.sample_codec import decode_sample
 from data_pipeline.schema import BadInputError
 from data_pipeline.shards import TMP_SUFFIX, sha256_of, shard_pattern
@@ -46,7 +49,7 @@ class DomainStats:
     def add(self, info: ShardInfo) -> None:
         self.structures += info.num_samples
         self.atoms += info.num_atoms
-        self.max_atoms = max([self.max_atoms, *info.natoms])
+        self.max_atoms = max(self.max_atoms, info.max_atoms or 0)
         self.shards += 1
         self.bytes += info.bytes
         self.splits[info.split] += info.num_samples
@@ -127,19 +130,54 @@ def shard_problems(corpus: Path, info: ShardInfo, *, verify: bool = True) -> lis
     return problems + read_problems(path, info)
 
 
+def atom_counts_problem(corpus: Path, info: ShardInfo, *, verify: bool = True) -> str | None:
+    """What is wrong with a listed shard's atom-counts file (version 2): missing, truncated, damaged, or
+    counts that disagree with the shard's entry; None if nothing."""
+    if info.natoms_file is None:
+        return None
+    name, path = info.natoms_file.path, corpus / info.natoms_file.path
+    if not path.is_file():
+        return f"its atom counts file {name} is missing"
+    size = path.stat().st_size
+    if size != info.natoms_file.bytes:
+        return f"its atom counts file {name} is truncated or damaged: {size} bytes on disk, {info.natoms_file.bytes} listed"
+    if verify:
+        try:
+            decode_atom_counts(
+                path.read_bytes(),
+                where=name,
+                num_samples=info.num_samples,
+                num_atoms=info.num_atoms,
+                sha256=info.natoms_file.sha256,
+            )
+        except BadInputError as err:
+            return f"its atom counts file {name} is wrong: {err.reason}"
+    return None
+
+
 def orphan_files(corpus: Path, manifest: Manifest) -> list[str]:
-    """Shard files in the corpus folder that the manifest does not list, and unfinished temporary shards."""
-    listed = {s.path for s in manifest.shards}
+    """Shard and atom-counts files in the corpus folder that the manifest does not list, and unfinished
+    temporary shards."""
+    listed = {s.path for s in manifest.shards} | {
+        s.natoms_file.path for s in manifest.shards if s.natoms_file
+    }
     return sorted(
         p.name
         for p in corpus.iterdir()
         if p.is_file()
-        and ((p.name.endswith(".tar") and p.name not in listed) or p.name.endswith(".tar" + TMP_SUFFIX))
+        and (
+            (p.name.endswith((".tar", ATOM_COUNTS_SUFFIX)) and p.name not in listed)
+            or p.name.endswith(".tar" + TMP_SUFFIX)
+        )
     )
 
 
 def inconsistencies(manifest: Manifest, orphans: list[str]) -> list[str]:
-    """Where the manifest contradicts itself: per source, what its record counts against what is listed."""
+    """Where the manifest contradicts itself: per source, what its record counts against what is listed.
+
+    A complete source lists exactly what its record counts; a running one (an ingest under way or killed: its
+    shard list grows after ``manifest.json`` was written) at least that.
+    """
     found = []
     for name, record in sorted(manifest.sources.items()):
         listed = manifest.select(source=name)
@@ -147,7 +185,9 @@ def inconsistencies(manifest: Manifest, orphans: list[str]) -> list[str]:
         own_orphans = [o for o in orphans if shard_pattern(name).match(o)]
         claimed = (record.get("shards"), record.get("structures"))
         problems = []
-        if claimed != (None, None) and claimed != (len(listed), structures):
+        running = record.get("status") == "running" and None not in claimed
+        fewer = running and (len(listed) < claimed[0] or structures < claimed[1])
+        if fewer or (not running and claimed != (None, None) and claimed != (len(listed), structures)):
             problems.append(
                 f"its record counts {claimed[0]} shards with {claimed[1]} structures, but the manifest lists "
                 f"{len(listed)} with {structures}"
@@ -176,8 +216,17 @@ def inspect_corpus(corpus: str | Path, *, verify: bool = True) -> dict[str, Any]
         for name, rec in sorted(manifest.sources.items())
     }
     orphans = orphan_files(root, manifest)
+    inconsistent = inconsistencies(manifest, orphans)
+    for info in manifest.shards:
+        problem = atom_counts_problem(root, info, verify=verify)
+        if problem is not None:
+            inconsistent.append(
+                f"shard {info.path}: {problem}; re-run source {info.source}'s `atomfm data ingest` "
+                "(it writes the shard and its atom counts again)"
+            )
     return {
         "corpus": str(root),
+        "manifest_version": manifest.version,
         "summary": manifest.summary(),
         "domains": domain_stats(manifest),
         "sources": sources,
@@ -186,7 +235,7 @@ def inspect_corpus(corpus: str | Path, *, verify: bool = True) -> dict[str, Any]
             "shards": len(manifest.shards),
             "bad": bad,
             "orphans": orphans,
-            "inconsistent": inconsistencies(manifest, orphans),
+            "inconsistent": inconsistent,
         },
     }
 
@@ -235,6 +284,11 @@ def format_report(report: dict[str, Any]) -> str:
             f"theory    {name:<10} " + ", ".join(f"{lvl} {n:,}" for lvl, n in d["levels_of_theory"].items())
         )
     lines.append("")
+    if report["manifest_version"] < VERSION:
+        lines.append(
+            f"manifest  version {report['manifest_version']} (atom counts inline in manifest.json): "
+            f"`atomfm data upgrade {report['corpus']}` rewrites it as version {VERSION} (shards unchanged)"
+        )
     for name, rec in report["sources"].items():
         skipped = rec.get("skipped") or {}
         text = f"source    {name} ({rec.get('status')}): {rec.get('structures') or 0:,} structures"

@@ -1,7 +1,8 @@
 """Write structures into webdataset ``.tar`` shards, one shard at a time, atomically.
 
 A shard is written under a temporary name and renamed only when complete, so a crash never leaves a
-half shard that looks whole. Shard names: ``{source}-{domain}-{split}-{index:06d}.tar``.
+half shard that looks whole. Shard names: ``{source}-{domain}-{split}-{index:06d}.tar``; beside each, its
+per-sample atom counts (``{...}.natoms.npy``, :mod:`data_pipeline.atom_counts`), written just before it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 import webdataset as wds
 from ase.data import chemical_symbols
 
+from data_pipeline.atom_counts import SUFFIX as ATOM_COUNTS_SUFFIX
 from data_pipeline.atomic_files import output_folder, publish, writing
-from data_pipeline.manifest import ShardInfo
+from data_pipeline.manifest import ShardInfo, with_atom_counts_file
 from data_pipeline.sample_codec import encode_sample
 from data_pipeline.schema import DOMAINS, Structure
 from data_pipeline.splits import SPLITS
@@ -30,9 +32,16 @@ def shard_name(source: str, domain: str, split: str, index: int) -> str:
     return f"{source}-{domain}-{split}-{index:06d}.tar"
 
 
-def shard_pattern(source: str) -> re.Pattern[str]:
-    """File names of ``source``'s finished shards (``{source}-{domain}-{split}-{index:06d}.tar``)."""
-    return re.compile(rf"^{re.escape(source)}-({'|'.join(DOMAINS)})-({'|'.join(SPLITS)})-\d{{6}}\.tar$")
+def shard_pattern(source: str, suffix: str = ".tar") -> re.Pattern[str]:
+    """File names of ``source``'s finished shards (``{source}-{domain}-{split}-{index:06d}.tar``), or of their
+    atom-counts files with ``suffix=".natoms.npy"``."""
+    return re.compile(
+        rf"^{re.escape(source)}-({'|'.join(DOMAINS)})-({'|'.join(SPLITS)})-\d{{6}}{re.escape(suffix)}$"
+    )
+
+
+def atom_counts_pattern(source: str) -> re.Pattern[str]:
+    return shard_pattern(source, ATOM_COUNTS_SUFFIX)
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -70,12 +79,14 @@ class ShardWriter:
         self.index = start_index
         self.on_shard = on_shard
         self.finished: list[ShardInfo] = []
+        self.finished_keys: list[str] = []  # record keys of the last finished shard, in member order
         self._tar: wds.TarWriter | None = None
         self._tmp: Path | None = None
         self._reset_stats()
 
     def _reset_stats(self) -> None:
         self._natoms: list[int] = []
+        self._keys: list[str] = []
         self._elements: Counter = Counter()
         self._levels: Counter = Counter()
         self._labels: Counter = Counter()
@@ -96,6 +107,7 @@ class ShardWriter:
         with writing(self._final()):
             self._tar.write(encode_sample(s, f"{len(self._natoms):09d}"))
         self._natoms.append(s.num_atoms)
+        self._keys.append(s.key)
         self._elements.update(chemical_symbols[int(z)] for z in s.atomic_numbers)
         self._levels[s.level_of_theory] += 1
         for name in ("energy", "forces", "stress"):
@@ -123,9 +135,11 @@ class ShardWriter:
             bytes=self._tmp.stat().st_size,
             sha256=sha256_of(self._tmp),
         )
+        info = with_atom_counts_file(self.out_dir, info)
         with writing(final):
             publish(self._tmp, final)
         self._tar, self._tmp = None, None
+        self.finished_keys = self._keys
         self._reset_stats()
         self.index += 1
         self.finished.append(info)

@@ -36,6 +36,7 @@ from data_pipeline.stream_plan import (
     SamplePlan,
     SampleRef,
     ShardEntry,
+    ShardRead,
     load_shard_table,
     shard_reads_in_epoch,
     splits_by_shard,
@@ -189,6 +190,7 @@ class StructureStream:
         self.stats = StreamStats()
         self.epoch = 0
         self._start_epoch()
+        self._check_atom_counts()
         slots = self.world_size * self.num_readers
         split_by = {
             d: "shard" if splits_by_shard(self.table, d, slots) else "sample"
@@ -210,22 +212,24 @@ class StructureStream:
         """Readers per rank: the DataLoader workers, or the main process alone."""
         return max(1, self.cfg.num_workers)
 
+    def _epoch_reads(self) -> Iterator[ShardRead]:
+        """Every shard read of this rank's readers in the current epoch."""
+        slots = self.world_size * self.num_readers
+        for reader in range(self.num_readers):
+            slot = ReaderSlot(self.rank * self.num_readers + reader, slots)
+            for domain, p in self.probabilities.items():
+                if p > 0:
+                    yield from shard_reads_in_epoch(self.table, domain, self.epoch, self.cfg.seed, slot)
+
     def structures_per_epoch(self) -> int:
         """Structures this rank reads in one pass over its share (before skips), from the manifest alone."""
-        slots = self.world_size * self.num_readers
-        return sum(
-            len(read.members)
-            for reader in range(self.num_readers)
-            for domain, p in self.probabilities.items()
-            if p > 0
-            for read in shard_reads_in_epoch(
-                self.table,
-                domain,
-                self.epoch,
-                self.cfg.seed,
-                ReaderSlot(self.rank * self.num_readers + reader, slots),
-            )
-        )
+        return sum(len(read.members) for read in self._epoch_reads())
+
+    def _check_atom_counts(self) -> None:
+        """Read the atom counts of the shards this rank reads first (a missing or damaged count file is a
+        :class:`BadInputError` naming it, here rather than in a worker process)."""
+        for shard in sorted({read.shard for read in self._epoch_reads()}):
+            self.table[shard].natoms()
 
     def __iter__(self) -> Iterator[Batch]:
         """The rest of the current epoch (all of it after a complete one); endless with ``repeat``."""

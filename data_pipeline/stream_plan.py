@@ -18,13 +18,13 @@ from __future__ import annotations
 import itertools
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
-from data_pipeline.manifest import manifest_path, read_manifest
+from data_pipeline.corpus_location import check_location, corpus_file_url
+from data_pipeline.manifest import ShardInfo, read_manifest
 from data_pipeline.mixing import mix_by_weight, shuffle_buffer
 from data_pipeline.packing import pack_by_atoms
 from data_pipeline.schema import BadInputError
@@ -34,17 +34,20 @@ _SHARD_ORDER, _SHUFFLE, _MIX = 1, 2, 3
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """One shard as the stream sees it: where it is, its domain, and its samples' atom counts."""
+    """One shard as the stream sees it: where it is, its domain and sample count; its samples' atom counts are
+    read on first use (:meth:`natoms`) from its atom-counts file (or held inline, for a version 1 manifest)."""
 
     url: str
-    name: str  # path inside its corpus folder (stable when the folder moves)
+    name: str  # path inside its corpus (stable when the corpus moves)
     domain: str
-    natoms: tuple[int, ...]
+    num_samples: int
     sha256: str
+    info: ShardInfo = field(repr=False, compare=False)
+    corpus: str = field(repr=False, compare=False)
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.natoms)
+    def natoms(self) -> list[int]:
+        """Atoms of each sample, in member order (checked against the manifest's counts and checksum)."""
+        return self.info.atom_counts(self.corpus).tolist()
 
 
 @dataclass(frozen=True)
@@ -73,20 +76,14 @@ class SampleRef(NamedTuple):
 
 
 def load_shard_table(corpora: list[str], split: str, *, source: str | None = None) -> list[ShardEntry]:
-    """Every shard of ``split`` in the corpus folders (only ``source``'s, when given), in corpus then manifest
-    order."""
+    """Every shard of ``split`` in the corpora (folders or URLs; only ``source``'s shards, when given), in corpus
+    then manifest order. No atom counts are read here."""
     table = []
     for corpus in corpora:
+        corpus = check_location(corpus)
         for info in read_manifest(corpus).select(split=split, source=source):
-            if len(info.natoms) != info.num_samples:
-                raise BadInputError(
-                    f"lists {len(info.natoms)} atom counts for {info.num_samples} samples",
-                    path=str(manifest_path(corpus)),
-                    record=info.path,
-                    field="natoms",
-                )
-            url = str(Path(corpus) / info.path)
-            table.append(ShardEntry(url, info.path, info.domain, tuple(info.natoms), info.sha256))
+            url = corpus_file_url(corpus, info.path)
+            table.append(ShardEntry(url, info.path, info.domain, info.num_samples, info.sha256, info, corpus))
     if not table:
         of_source = "" if source is None else f" from source {source!r}"
         raise BadInputError(f"no shards of split {split!r}{of_source} in {', '.join(corpora)}", field="split")
@@ -164,7 +161,7 @@ class SamplePlan:
     def _refs(self, domain: str) -> Iterator[SampleRef]:
         outstanding = self.outstanding[domain]
         for read in self.reads(domain):
-            natoms = self.table[read.shard].natoms
+            natoms = self.table[read.shard].natoms()
             for seq, member in enumerate(read.members, start=read.first_seq):
                 outstanding.add(seq)
                 self.cursor[domain] = seq + 1

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import warnings
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 import biotite.structure.io.pdb as pdb
@@ -14,7 +16,7 @@ from ase.calculators.emt import EMT
 from ase.collections import g2
 from ase.data import atomic_numbers
 
-from data_pipeline.manifest import Manifest, write_manifest
+from data_pipeline.manifest import FORMAT, Manifest, read_manifest, write_manifest
 from data_pipeline.schema import Structure, validate
 from data_pipeline.shards import ShardWriter
 
@@ -118,3 +120,34 @@ def write_corpus(folder: Path, structures: list[Structure], shard_size: int) -> 
         manifest.shards.extend(writer.finished)
     write_manifest(folder, manifest)
     return manifest
+
+
+def as_version_1(corpus: Path) -> Path:
+    """Rewrite a corpus in the layout atomfm wrote before atom-counts files (manifest version 1): every shard's
+    entry, its per-sample atom counts and its source's resume checkpoints inline in ``manifest.json``, no shard
+    lists, count files or key index. The shards are not touched."""
+    manifest = read_manifest(corpus)
+    entries = []
+    for info in manifest.shards:
+        entry = asdict(info)
+        entry["natoms"] = info.atom_counts(corpus).tolist()
+        del entry["max_atoms"], entry["natoms_file"]
+        entries.append(entry)
+    sources = {}
+    for name, record in manifest.sources.items():
+        streams: dict[str, list] = {}
+        for info in sorted(manifest.select(source=name), key=lambda s: s.path):
+            if info.path in manifest.resume:
+                streams.setdefault(f"{info.domain}-{info.split}", []).append(manifest.resume[info.path])
+        sources[name] = {**record, "streams": streams}
+    raw = {
+        "format": FORMAT,
+        "version": 1,
+        "corpus": manifest.summary(),
+        "sources": sources,
+        "shards": entries,
+    }
+    for stale in [*corpus.glob("*.shards.jsonl"), *corpus.glob("*.natoms.npy"), *corpus.glob("keys.sqlite")]:
+        stale.unlink()
+    (corpus / "manifest.json").write_text(json.dumps(raw, indent=1))
+    return corpus

@@ -4,7 +4,6 @@ three-domain, four-labeller corpus whose shards read back."""
 from __future__ import annotations
 
 import glob
-import json
 from collections import defaultdict
 
 import numpy as np
@@ -13,6 +12,7 @@ import webdataset as wds
 
 from data_pipeline.demo import SCALES, build_demo_corpus
 from data_pipeline.inspect_corpus import inspect_corpus
+from data_pipeline.manifest import read_manifest
 from data_pipeline.sample_codec import decode_sample
 from data_pipeline.sources.conformers import read_smiles, smiles_conformers
 from data_pipeline.sources.perturb import rattle
@@ -83,7 +83,7 @@ def test_smoke_corpus_has_three_domains_four_labellers_and_reads_back(tmp_path):
             assert np.any(s.atomic_numbers == 1)
     assert np.median(np.concatenate(molecule_forces)) < 3.0  # eV/Å: gently rattled, not far from equilibrium
 
-    manifest_before = json.loads((out / "manifest.json").read_text())["shards"]
+    shards_before = read_manifest(out).shards
     again = build_demo_corpus(out, scale="smoke", workers=2, progress=False)
-    assert json.loads((out / "manifest.json").read_text())["shards"] == manifest_before
+    assert read_manifest(out).shards == shards_before
     assert again["corpus"]["num_structures"] == corpus["num_structures"]

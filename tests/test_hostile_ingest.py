@@ -206,7 +206,13 @@ def test_a_disk_that_fills_up_writing_the_manifest_is_named(tmp_path, capsys, mo
         "1,0,0",
     )
     assert_refused(atomfm(capsys, *args), out / "manifest.json", "disk is full")
-    assert read_manifest(out).shards == [] and not list(out.glob(".manifest.json*"))
+    manifest = read_manifest(out)  # the manifest.json of the run's start, and the shards listed since
+    assert manifest.sources["waters"]["status"] == "running" and not list(out.glob(".manifest.json*"))
+    assert sorted(p.name for p in out.glob("*.tar")) == [s.path for s in manifest.shards]
+    assert atomfm(capsys, "data", "inspect", out).code == 0
+    monkeypatch.setattr(atomic_files, "publish", real_publish)
+    assert atomfm(capsys, *args).code == 0, "the same command finishes once there is space"
+    assert read_manifest(out).sources["waters"]["status"] == "complete"
 
 
 # --- CIF: the real NiSb cell (ASE's test minerals), one site edited ---------------------------------------

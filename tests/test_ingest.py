@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from ase.build import bulk
 from ase.collections import g2
 from ase.io import write
+from stream_corpus import as_version_1
 from webdataset.tariterators import tarfile_samples
 
 from data_pipeline.cli import register
@@ -28,6 +30,7 @@ from data_pipeline.readers import read_structures
 from data_pipeline.sample_codec import decode_sample
 from data_pipeline.schema import BadInputError, Structure
 from data_pipeline.splits import assign_split, parse_fractions
+from data_pipeline.stream import StreamConfig, StructureStream
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = Path(np.__file__).resolve().parents[1]
@@ -243,6 +246,47 @@ def test_duplicate_keys_name_both_sources(tmp_path):
     assert inspect_corpus(tmp_path)["verification"]["bad"] == {}
 
 
+def test_duplicate_keys_are_found_in_the_key_index_without_reading_the_other_shards(tmp_path):
+    ingest_structures(g2_conformers(5, 2), tmp_path, source="g2", shard_size=4, progress=False)
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    for tar in tmp_path.glob("g2-*.tar"):
+        tar.rename(hidden / tar.name)
+    duplicate = r"key already in the corpus from source 'g2'; source 'again' cannot add it again"
+    with pytest.raises(BadInputError, match=duplicate):
+        ingest_structures(g2_conformers(6, 2), tmp_path, source="again", shard_size=4, progress=False)
+    for tar in hidden.glob("*.tar"):
+        tar.rename(tmp_path / tar.name)
+    (tmp_path / "keys.sqlite").unlink()  # a lost index is read again from the shards
+    with pytest.raises(BadInputError, match=duplicate):
+        ingest_structures(g2_conformers(6, 2), tmp_path, source="again", shard_size=4, progress=False)
+
+
+def test_a_version_1_corpus_streams_the_same_and_the_next_ingest_upgrades_it(tmp_path):
+    ingest_structures(g2_conformers(6, 2), tmp_path, source="g2", shard_size=4, progress=False)
+    current, digests = read_manifest(tmp_path), shard_digests(tmp_path)
+    cfg = StreamConfig(corpus=str(tmp_path), cutoff=4.0, max_atoms=30, num_workers=0, repeat=False)
+    batches = [list(b.key) for b in StructureStream(cfg)]
+    old = read_manifest(as_version_1(tmp_path))
+    assert old.version == 1 and not list(tmp_path.glob("*.natoms.npy"))
+    assert [s.path for s in old.shards] == [s.path for s in current.shards] and old.resume == current.resume
+    assert [list(b.key) for b in StructureStream(cfg)] == batches
+    report = inspect_corpus(tmp_path)
+    assert report["manifest_version"] == 1 and not report["verification"]["inconsistent"]
+    copy = Path(shutil.copytree(tmp_path, tmp_path.parent / f"{tmp_path.name}-copy"))
+    assert atomfm(["data", "upgrade", str(copy)]) == 0
+    assert read_manifest(copy).shards == current.shards and inspect_corpus(copy)["manifest_version"] == 2
+    ingest_structures(g2_conformers(2, 1, prefix="more"), tmp_path, source="more", progress=False)
+    upgraded = read_manifest(tmp_path)
+    assert upgraded.version == 2 and upgraded.select(source="g2") == current.shards
+    assert (
+        upgraded.resume.items() >= current.resume.items()
+        and shard_digests(tmp_path).items() >= digests.items()
+    )
+    again = ingest_structures(g2_conformers(6, 2), tmp_path, source="g2", shard_size=4, progress=False)
+    assert len(again["runs"]) == 1, "the upgraded source is complete and intact: nothing to do"
+
+
 def test_rerun_keeps_changed_options_rebuild(tmp_path):
     path = g2_extxyz(tmp_path)
     corpus = tmp_path / "corpus"
@@ -283,8 +327,8 @@ def test_killed_ingest_resumes_to_the_same_corpus(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-c", DATA_CLI, *args, "--out", str(killed)]
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest, deadline = killed / "manifest.json", time.monotonic() + 300
-    while not manifest.exists() or not json.loads(manifest.read_text())["shards"]:
+    shard_list, deadline = killed / "g2.shards.jsonl", time.monotonic() + 300
+    while not shard_list.exists() or "\n" not in shard_list.read_text():
         assert proc.poll() is None and time.monotonic() < deadline, "ingest ended before its first shard"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)

@@ -63,7 +63,8 @@ def test_writer_rolls_over_and_records_true_stats(tmp_path):
     assert [s.path for s in announced] == [shard_name("g2", "molecule", "train", i) for i in range(3)]
     assert announced == finished
     assert [s.num_samples for s in finished] == [2, 2, 1]
-    assert [n for s in finished for n in s.natoms] == [s.num_atoms for s in structures]
+    counts = [int(n) for s in finished for n in s.atom_counts(tmp_path)]
+    assert counts == [s.num_atoms for s in structures]  # from the atom-counts file beside each shard
     expected_elements = Counter(chemical_symbols[z] for s in structures for z in s.atomic_numbers)
     assert sum((Counter(s.elements) for s in finished), Counter()) == expected_elements
     for info in finished:
@@ -71,7 +72,8 @@ def test_writer_rolls_over_and_records_true_stats(tmp_path):
         assert info.sha256 == sha256_of(path)
         assert info.bytes == path.stat().st_size
         assert info.labels == {} and info.levels_of_theory == {"none": info.num_samples}
-    assert sorted(p.name for p in tmp_path.iterdir()) == [s.path for s in finished]
+    files = sorted([s.path for s in finished] + [s.natoms_file.path for s in finished])
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
 
 
 def test_shard_round_trips_through_webdataset(tmp_path):
@@ -120,7 +122,10 @@ def test_failure_mid_shard_leaves_only_finished_shards(tmp_path):
             for s in structures:
                 writer.write(s)
             raise RuntimeError("labeller crashed")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g2-molecule-train-000000.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "g2-molecule-train-000000.natoms.npy",
+        "g2-molecule-train-000000.tar",
+    ]
 
 
 def test_writer_refuses_a_record_of_another_stream(tmp_path):
