@@ -34,6 +34,9 @@ class AtomBatch(Protocol):
     has_forces: Tensor  # bool [B]
     has_stress: Tensor  # bool [B]
     residue_id: Tensor  # int64 [N], -1 for atoms outside a protein chain
+    properties: Tensor  # float [B, P] the stream's structure properties (StreamConfig.properties)
+    has_properties: Tensor  # bool [B, P]
+    replay: Tensor  # bool [B] drawn from the replay corpus (fine-tuning with replay)
     group_hash: Tensor  # int64 [B] stable hash of the group id
     key: list[str]  # [B]
 

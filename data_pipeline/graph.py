@@ -22,13 +22,17 @@ def group_hash(group_id: str) -> int:
 
 
 def structure_to_graph(
-    s: Structure, cutoff: float, levels: tuple[str, ...] | list[str] = LEVELS_OF_THEORY
+    s: Structure,
+    cutoff: float,
+    levels: tuple[str, ...] | list[str] = LEVELS_OF_THEORY,
+    properties: tuple[str, ...] | list[str] = (),
 ) -> Data:
     """The graph of ``s`` under a neighbour-list cutoff (Å); per-structure fields have a leading dimension 1.
 
     ``levels``: the vocabulary the level of theory is indexed in (the model's; default the built-in one).
-    A structure without a group id is its own group (its key is hashed). ``cell`` is zero when no direction is
-    periodic; absent labels are zeros with ``has_*`` false.
+    ``properties``: the structure properties carried as ``properties`` [1, P] (0 where ``has_properties`` is
+    false). A structure without a group id is its own group (its key is hashed). ``cell`` is zero when no
+    direction is periodic; absent labels are zeros with ``has_*`` false.
     """
     n = s.num_atoms
     edge_index, shifts = radius_graph_pbc(s.positions, s.cell, s.pbc, cutoff)
@@ -61,6 +65,9 @@ def structure_to_graph(
         has_forces=torch.tensor([s.forces is not None]),
         has_stress=torch.tensor([s.stress is not None]),
         residue_id=residue_id,
+        properties=torch.tensor([[s.properties.get(p, 0.0) for p in properties]], dtype=torch.float32),
+        has_properties=torch.tensor([[p in s.properties for p in properties]], dtype=torch.bool),
+        replay=torch.tensor([False]),
         group_hash=torch.tensor([group_hash(s.group_id or s.key)], dtype=torch.int64),
         key=s.key,
         num_nodes=n,

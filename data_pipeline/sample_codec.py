@@ -6,7 +6,7 @@ contain dots and slashes, lives inside the JSON):
 - ``<member>.npz``: numeric arrays (``atomic_numbers``, ``positions``, optional ``cell``, ``forces``,
   ``stress`` and ``per_atom.<name>``);
 - ``<member>.json``: scalars and strings (key, domain, pbc, charge, spin, level_of_theory, energy, group_id,
-  split, extra).
+  split, extra, and ``properties`` when the structure has any).
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def encode_sample(s: Structure, member_key: str) -> dict[str, Any]:
         "split": s.split,
         "extra": s.extra,
     }
+    if s.properties:
+        meta["properties"] = {name: float(value) for name, value in s.properties.items()}
     return {"__key__": member_key, "npz": buf.getvalue(), "json": json.dumps(meta).encode()}
 
 
@@ -93,6 +95,7 @@ def decode_sample(sample: dict[str, Any], *, source: str | None = None) -> Struc
             group_id=meta.get("group_id", ""),
             split=meta.get("split", ""),
             per_atom={k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("per_atom.")},
+            properties=meta.get("properties", {}),
             extra=meta.get("extra", {}),
         )
     except KeyError as err:

@@ -15,6 +15,8 @@ MAX_Z = 118
 # Å: atoms or a lattice vector spread wider than this are a unit mistake or a corrupt file (the largest
 # macromolecular assemblies span ~0.2 µm), and they break cell-list neighbour searches.
 MAX_EXTENT = 1e4
+# Units of the structure properties the labellers record (``Structure.properties``); other names are allowed.
+PROPERTY_UNITS = {"homo_lumo_gap": "eV", "dipole_moment": "e·Å"}
 
 
 class BadInputError(ValueError):
@@ -48,7 +50,10 @@ class Structure:
     cell: float32 [3, 3] Å (rows are lattice vectors) or None.   pbc: bool [3].
     energy: eV.   forces: float32 [N, 3] eV/Å.   stress: float32 [3, 3] eV/Å³ (ASE sign convention).
     group_id: what splits are hashed on (molecule identity, protein chain, crystal composition).
-    per_atom: extra per-atom arrays (e.g. ``residue_index``, ``residue_name``, ``chain_id``, ``atom_name``).
+    per_atom: extra per-atom arrays (e.g. ``residue_index``, ``residue_name``, ``chain_id``, ``atom_name``,
+    ``secondary_structure``).
+    properties: scalar labels of the whole structure beyond the energy, by name (``homo_lumo_gap`` eV,
+    ``dipole_moment`` e·Å: what the xTB labeller records); :data:`PROPERTY_UNITS` gives their units.
     extra: JSON-serialisable metadata (source file, conformer index, ...).
     """
 
@@ -67,6 +72,7 @@ class Structure:
     group_id: str = ""
     split: str = ""
     per_atom: dict[str, np.ndarray] = field(default_factory=dict)
+    properties: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -193,6 +199,16 @@ def validate(s: Structure, *, path: str | None = None) -> Structure:
             length = None
         if length != n:
             raise bad(f"per_atom.{name}", f"length {length}, expected {n}")
+    properties = {}
+    if not isinstance(s.properties, dict):
+        raise bad("properties", f"expected {{name: number}}, got {_preview(s.properties)}")
+    for name, value in s.properties.items():
+        number = _one_number(value)
+        if not isinstance(name, str) or not name:
+            raise bad("properties", f"property names must be non-empty strings, got {_preview(name)}")
+        if number is None or not np.isfinite(number):
+            raise bad(f"properties.{name}", f"expected one finite number, got {_preview(value)}")
+        properties[name] = number
     charge, spin = _whole_number(s.charge), _whole_number(s.spin)
     if charge is None:
         raise bad("charge", f"expected a whole number (e), got {_preview(s.charge)}")
@@ -213,6 +229,7 @@ def validate(s: Structure, *, path: str | None = None) -> Structure:
         stress=stress,
         charge=charge,
         spin=spin,
+        properties=properties,
     )
 
 

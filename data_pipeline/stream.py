@@ -12,6 +12,7 @@ Resuming replays each reader's plan (no shard is read for that) and continues wi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -48,12 +49,16 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = "atomfm-stream-state"
 STATE_VERSION = 1
 LOGGED_KEYS = 100
+REPLAY_PREFIX = "replay:"  # the mixing key of a replay corpus's domain (``replay:molecule``)
 # Stream settings that enter the resume fingerprint through what they decide rather than as themselves.
 SETUP_DERIVED = {
     "corpus": "shards",  # the shards' names, sample counts and sha256
     "domain_weights": "probabilities",
     "temperature": "probabilities",
     "num_workers": "readers",
+    "replay_corpus": "shards",
+    "replay_fraction": "probabilities",
+    "replay_domain_weights": "probabilities",
 }
 
 
@@ -81,6 +86,11 @@ class StreamConfig:
     levels_of_theory: list[str] | None = (
         None  # vocabulary levels are indexed in (the trainer sets the model's)
     )
+    properties: list[str] = field(default_factory=list)  # structure properties batches carry (``properties``)
+    replay_corpus: list[str] = field(default_factory=list)  # corpora replayed beside ``corpus`` (fine-tuning)
+    replay_fraction: float = 0.0  # the expected share of structures drawn from ``replay_corpus``
+    replay_split: str = "train"
+    replay_domain_weights: dict[str, float] | None = None  # the replayed domains' mix (None: temperature)
 
     def __post_init__(self) -> None:
         if isinstance(self.corpus, str | os.PathLike):
@@ -110,6 +120,19 @@ class StreamConfig:
             )
         for name in ("repeat", "skip_oversize"):
             _require(isinstance(getattr(self, name), bool), name, "expected true or false")
+        if isinstance(self.replay_corpus, str | os.PathLike):
+            self.replay_corpus = [self.replay_corpus]
+        self.replay_corpus = [os.fspath(c) for c in self.replay_corpus]
+        _require(
+            _is_number(self.replay_fraction) and 0.0 <= self.replay_fraction < 1.0,
+            "replay_fraction",
+            f"expected a fraction in [0, 1), got {self.replay_fraction!r}",
+        )
+        _require(
+            not (self.replay_fraction > 0 and not self.replay_corpus),
+            "replay_corpus",
+            "replay_fraction is set but no replay corpus is named",
+        )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str | None = None) -> StreamConfig:
@@ -180,13 +203,17 @@ class StructureStream:
         self.cfg = cfg
         self.rank, self.world_size = _resolve_rank(rank, world_size)
         self.table: list[ShardEntry] = load_shard_table(cfg.corpus, cfg.split)
-        sizes: Counter = Counter()
-        for entry in self.table:
-            sizes[entry.domain] += entry.num_samples
-        try:
-            self.probabilities = domain_probabilities(sizes, cfg.domain_weights, cfg.temperature)
-        except ValueError as err:
-            raise BadInputError(str(err), field="domain_weights") from None
+        self.probabilities = _probabilities(self.table, cfg.domain_weights, cfg.temperature, "domain_weights")
+        if cfg.replay_corpus and cfg.replay_fraction > 0:
+            replayed = load_shard_table(cfg.replay_corpus, cfg.replay_split)
+            share = _probabilities(
+                replayed, cfg.replay_domain_weights, cfg.temperature, "replay_domain_weights"
+            )
+            f = cfg.replay_fraction
+            self.probabilities = {d: p * (1.0 - f) for d, p in self.probabilities.items()} | {
+                REPLAY_PREFIX + d: p * f for d, p in share.items()
+            }
+            self.table += [dataclasses.replace(e, domain=REPLAY_PREFIX + e.domain) for e in replayed]
         self.stats = StreamStats()
         self.epoch = 0
         self._start_epoch()
@@ -504,11 +531,15 @@ class _Readers(IterableDataset):
                 stats.skip("natoms_mismatch", f"{fetched.where} ({s.key})")
                 continue
             try:
-                graphs.append(structure_to_graph(s, cfg.cutoff, cfg.levels_of_theory or LEVELS_OF_THEORY))
+                graph = structure_to_graph(
+                    s, cfg.cutoff, cfg.levels_of_theory or LEVELS_OF_THEORY, cfg.properties
+                )
             except (ValueError, RuntimeError) as err:
                 log.warning("skipped %s (%s): no neighbour list: %s", s.key, fetched.where, err)
                 stats.skip("no_graph", f"{fetched.where} ({s.key})")
                 continue
+            graph.replay = torch.tensor([ref.domain.startswith(REPLAY_PREFIX)])
+            graphs.append(graph)
             if s.num_atoms > cfg.max_atoms:
                 stats.oversize += 1
         if cfg.max_edges is None:
@@ -526,6 +557,19 @@ class _Readers(IterableDataset):
                     continue
             parts.append(part)
         return parts, stats
+
+
+def _probabilities(
+    table: list[ShardEntry], weights: dict[str, float] | None, temperature: float, field_name: str
+) -> dict[str, float]:
+    """Domain probabilities of a shard table (``mixing.domain_probabilities`` over its sample counts)."""
+    sizes: Counter = Counter()
+    for entry in table:
+        sizes[entry.domain] += entry.num_samples
+    try:
+        return domain_probabilities(sizes, weights, temperature)
+    except ValueError as err:
+        raise BadInputError(str(err), field=field_name) from None
 
 
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:

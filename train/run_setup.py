@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from data_pipeline.corpus_reader import read_split
 from data_pipeline.schema import BadInputError, Structure
 from data_pipeline.stream import StreamConfig, StructureStream
 from data_pipeline.vocab import extend_levels, level_index
@@ -21,6 +24,7 @@ from model.predict import predict_structures
 from train.config import TRAINING_SWITCHES, TrainConfig
 from train.ema import ParameterEMA
 from train.engine.distributed import DistContext
+from train.finetune import ReplayConfig
 from train.reference_fit import (
     ReferenceFit,
     corpus_levels,
@@ -53,9 +57,75 @@ def resolved_model_config(cfg: TrainConfig) -> ModelConfig:
     return model_cfg
 
 
-def model_stream_config(data: StreamConfig, model: AtomFM) -> StreamConfig:
-    """``data`` indexing levels of theory in the model's vocabulary."""
-    return dataclasses.replace(data, levels_of_theory=list(model.config.levels_of_theory))
+def model_stream_config(
+    data: StreamConfig, model: AtomFM, replay: ReplayConfig | None = None
+) -> StreamConfig:
+    """``data`` indexing levels of theory in the model's vocabulary, carrying the structure properties its
+    ``properties`` head predicts, and mixing in the fine-tuning ``replay`` corpus when one is set."""
+    out = dataclasses.replace(
+        data, levels_of_theory=list(model.config.levels_of_theory), properties=property_names(model)
+    )
+    if replay is not None and replay.active:
+        out = dataclasses.replace(
+            out,
+            replay_corpus=list(replay.corpus),
+            replay_fraction=replay.fraction,
+            replay_split=replay.split,
+            replay_domain_weights=replay.domain_weights,
+        )
+    return out
+
+
+def property_names(model: AtomFM) -> list[str]:
+    """The structure properties the model's ``properties`` head predicts, one per column (none without it)."""
+    head = model.heads["properties"] if "properties" in model.heads else None
+    return list(getattr(head, "names", []))
+
+
+def new_property_head(model: AtomFM, fresh: list[str] | None, reinit_heads: list[str]) -> bool:
+    """Whether the model's ``properties`` head starts untrained (a fresh model, a head the initial weights
+    lack, or a re-initialised one), so its output statistics are to be fitted."""
+    if "properties" not in model.heads:
+        return False
+    return (
+        fresh is None or "properties" in reinit_heads or any(n.startswith("heads.properties.") for n in fresh)
+    )
+
+
+def fit_property_statistics(model: AtomFM, data: StreamConfig, ctx: DistContext) -> dict[str, Any]:
+    """Set the ``properties`` head's output shift and scale to the mean and standard deviation of each of its
+    properties over ``data``'s split (rank 0 reads it; every rank receives it). A property no structure
+    carries is an error naming it."""
+    names = property_names(model)
+    stats = None
+    if ctx.is_main:
+        values: dict[str, list[float]] = {name: [] for name in names}
+        for s in read_split(data.corpus, data.split):
+            for name in names:
+                if name in s.properties:
+                    values[name].append(s.properties[name])
+        missing = [name for name in names if not values[name]]
+        stats = (
+            {"missing": missing}
+            if missing
+            else {
+                name: {"mean": float(np.mean(v)), "std": float(np.std(v)), "structures": len(v)}
+                for name, v in values.items()
+            }
+        )
+    stats = ctx.broadcast_object(stats)
+    if "missing" in stats:
+        raise BadInputError(
+            f"the properties head predicts {', '.join(stats['missing'])}, which no structure of split "
+            f"{data.split!r} of {', '.join(data.corpus)} carries (Structure.properties)",
+            field="model.overrides.head_options.properties.names",
+        )
+    head = model.heads["properties"]
+    with torch.no_grad():
+        head.set_statistics(
+            torch.tensor([stats[n]["mean"] for n in names]), torch.tensor([stats[n]["std"] for n in names])
+        )
+    return stats
 
 
 def _weights_folder(path: str | os.PathLike) -> Path:

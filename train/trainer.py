@@ -47,13 +47,16 @@ from train.engine.distributed import DistContext
 from train.finetune import reinit_heads
 from train.logging import RunLogger, peak_memory_gib
 from train.loss_balance import BalancedLoss, balance_losses
+from train.replay import PseudoLabeller
 from train.run_setup import (
     build_ema,
     build_model,
     build_stream,
+    fit_property_statistics,
     fit_reference_energies,
     load_initial_weights,
     model_stream_config,
+    new_property_head,
 )
 from train.tasks import CorruptionState, Task, build_tasks
 from train.validation import Validator
@@ -223,6 +226,7 @@ class Trainer:
         seed_everything(cfg.run.seed)
         model = build_model(cfg)
         self._base_coverage: TrainingCoverage | None = None  # what the weights started from were trained on
+        fresh: list[str] | None = None  # tensors the initial weights lacked (None: no weights loaded)
         if resume_from is None and cfg.model.init_from:
             fresh = load_initial_weights(model, cfg.model.init_from)
             self._base_coverage = model.config.coverage
@@ -235,7 +239,15 @@ class Trainer:
                 )
         if resume_from is None and cfg.model.fit_reference_energies:
             self._fit_reference_energies(model)
-        self.stream = build_stream(model_stream_config(cfg.data, model), ctx)
+        if resume_from is None and new_property_head(model, fresh, cfg.finetune.reinit_heads):
+            fit_property_statistics(model, cfg.data, ctx)
+        self.stream = build_stream(model_stream_config(cfg.data, model, cfg.finetune.replay), ctx)
+        replay = cfg.finetune.replay
+        self.pseudo_labels = (
+            PseudoLabeller.from_checkpoint(cfg.model.init_from, ctx.device)
+            if replay.active and replay.pseudo_label
+            else None
+        )
         self.engine: TrainEngine = build_engine(model, cfg, ctx)
         self.ema = build_ema(self.engine.module, cfg.optim.ema_decay)
         self.checkpoints = CheckpointManager(cfg.run_dir, cfg.run.keep_last, ctx)
@@ -370,6 +382,8 @@ class Trainer:
                 batch = next(batches)
             self._cover(batch)
             batch = batch.to(ctx.device)
+            if self.pseudo_labels is not None:
+                self.pseudo_labels(batch)
             poison = cfg.debug.poison_loss_at_step == st.step and ctx.is_main and micro_in_step == 0
             loss = micro_batch_loss(
                 self.engine.forward,

@@ -1,6 +1,9 @@
-"""GFN2-xTB and GFN1-xTB (tblite) energies and forces for molecules; stress as well for periodic cells."""
+"""GFN2-xTB and GFN1-xTB (tblite) energies and forces for molecules; stress as well for periodic cells; the
+HOMO–LUMO gap and the dipole moment of molecules as structure properties."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 from ase.units import Bohr, Hartree, kB
@@ -15,7 +18,8 @@ class GFN2xTBLabeller(Labeller):
     """GFN2-xTB single points through tblite's Python API, using the record's total charge and spin.
 
     ``uhf`` (unpaired electrons) is ``spin - 1``; a multiplicity that the electron count cannot have is
-    refused rather than silently smeared over fractional occupations.
+    refused rather than silently smeared over fractional occupations. Non-periodic structures also get the
+    properties ``homo_lumo_gap`` (eV, from the orbital energies) and ``dipole_moment`` (|μ|, e·Å).
     """
 
     name = "xtb"
@@ -63,12 +67,32 @@ class GFN2xTBLabeller(Labeller):
         if periodic and np.all(s.pbc):
             volume = abs(float(np.linalg.det(np.asarray(s.cell, dtype=np.float64))))
             stress = result.get("virial") * Hartree / volume
-        return s.with_labels(
+        labelled = s.with_labels(
             energy=float(result.get("energy")) * Hartree,
             forces=-result.get("gradient") * Hartree / Bohr,
             stress=stress,
             level_of_theory=self.level_of_theory,
         )
+        if periodic:
+            return labelled
+        properties = {"dipole_moment": float(np.linalg.norm(result.get("dipole"))) * Bohr}
+        gap = homo_lumo_gap(result.get("orbital-energies"), result.get("orbital-occupations"))
+        if gap is not None:
+            properties["homo_lumo_gap"] = gap
+        return replace(labelled, properties={**s.properties, **properties})
+
+
+def homo_lumo_gap(orbital_energies: np.ndarray, occupations: np.ndarray) -> float | None:
+    """LUMO − HOMO in eV from tblite's orbital energies (Hartree, ascending) and occupations (electrons per
+    spatial orbital, summing to the valence electron count n): by aufbau the HOMO is orbital ⌈n/2⌉ − 1 (a
+    radical's singly occupied one), the LUMO the next; a degenerate, partly filled shell (an atom) has gap 0;
+    None when there is no LUMO in the basis (a hydrogen atom)."""
+    energies = np.asarray(orbital_energies, dtype=np.float64).reshape(-1)
+    electrons = int(round(float(np.sum(occupations))))
+    homo = (electrons + 1) // 2 - 1
+    if homo < 0 or homo + 1 >= energies.size:
+        return None
+    return max(0.0, float(energies[homo + 1] - energies[homo]) * Hartree)
 
 
 class GFN1xTBLabeller(GFN2xTBLabeller):

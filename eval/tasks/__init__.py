@@ -18,6 +18,7 @@ from eval.tasks.conformer_ranking import ConformerRanking
 from eval.tasks.diatomics import Diatomics
 from eval.tasks.eos import EquationOfState
 from eval.tasks.md_drift import MDDrift
+from eval.tasks.property import PropertyPrediction
 from eval.tasks.relaxation import Relaxation
 from eval.tasks.symmetry import Symmetry
 
@@ -32,6 +33,7 @@ TASKS: dict[str, type[EvalTask]] = {
         MDDrift,
         Diatomics,
         Chirality,
+        PropertyPrediction,
     )
 }
 

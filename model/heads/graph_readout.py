@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from model.heads.base import Head, HeadInput, invariant_mlp
@@ -20,9 +21,13 @@ def pool_invariants(inp: HeadInput, pooling: str) -> Tensor:
 
 
 class PropertyHead(Head):
-    """``properties`` [B, num_properties]: an MLP of the pooled invariant features.
+    """``properties`` [B, num_properties]: shift + scale × an MLP of the pooled invariant features.
 
-    pooling ``mean`` suits intensive properties (gaps, energies per atom), ``sum`` extensive ones."""
+    names: the structure properties predicted, one column each (``homo_lumo_gap``; they name the
+    ``Structure.properties`` a fine-tuning stream carries); pooling ``mean`` suits intensive properties (gaps,
+    energies per atom), ``sum`` extensive ones. ``shift`` and ``scale`` [P] (buffers, saved with the weights)
+    are the training labels' mean and standard deviation, set when the head is new (``set_statistics``), so
+    the MLP learns unit-scale targets."""
 
     outputs = ("properties",)
 
@@ -33,17 +38,31 @@ class PropertyHead(Head):
         num_properties: int = 1,
         pooling: str = "mean",
         hidden: int | None = None,
+        names: list[str] | None = None,
     ) -> None:
         super().__init__(channels, lmax)
         if pooling not in POOLINGS:
             raise ValueError(
                 f"properties head: unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}"
             )
+        if names is not None:
+            if not names or len(set(names)) != len(names):
+                raise ValueError(f"properties head: names must be distinct and not empty, got {names}")
+            num_properties = len(names)
+        self.names = list(names or [])
         self.pooling = pooling
         self.mlp = invariant_mlp(channels, hidden or channels, num_properties)
+        self.register_buffer("shift", torch.zeros(num_properties))
+        self.register_buffer("scale", torch.ones(num_properties))
+
+    def set_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Output offset and scale per property [P], e.g. the training labels' mean and standard deviation."""
+        self.shift.copy_(mean)
+        self.scale.copy_(std.clamp_min(1e-6))
 
     def forward(self, inp: HeadInput) -> dict[str, Tensor]:
-        return {"properties": self.mlp(pool_invariants(inp, self.pooling))}
+        raw = self.mlp(pool_invariants(inp, self.pooling))
+        return {"properties": self.shift.to(raw.dtype) + self.scale.to(raw.dtype) * raw}
 
 
 class EmbeddingHead(Head):

@@ -20,6 +20,7 @@ from train.tasks.diffusion import MoleculeDiffusion
 from train.tasks.energy import EnergyRegression
 from train.tasks.forces import ForceRegression
 from train.tasks.masked_atoms import MaskedAtomTypes
+from train.tasks.property import PropertyRegression
 from train.tasks.stress import StressRegression
 
 TASKS: dict[str, type[Task]] = {
@@ -32,6 +33,7 @@ TASKS: dict[str, type[Task]] = {
         EnergyRegression,
         ForceRegression,
         StressRegression,
+        PropertyRegression,
         ConformerContrast,
     )
 }
