@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from launch.memory_plan import Plan
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -88,10 +92,17 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(plan.to_dict(), indent=2))
     else:
         print_plan(plan)
+    if plan.recommended.max_atoms == 0:
+        print(
+            f"atomfm plan: {args.model} does not fit: its model states leave no room for activations on "
+            f"{args.gpus * args.nodes} GPU(s) of {args.gpu_memory / 2**30:.0f} GiB; use more GPUs or larger ones",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
-def print_plan(plan) -> None:
+def print_plan(plan: Plan) -> None:
     from launch.memory_plan import RESERVED_FRACTION
 
     m = plan.model
@@ -126,9 +137,10 @@ def print_plan(plan) -> None:
         f"\nrecommended: ZeRO-{r.zero_stage}, activation checkpointing {'on' if r.activation_checkpointing else 'off'}, "
         f"up to {r.max_atoms:,} atoms per GPU ({verdict} the target of {plan.target_atoms:,})"
     )
+    if r.max_atoms > 0:
+        print("  atomfm train --config FILE " + " ".join(plan.overrides()))
     for note in plan.notes:
         print(f"note: {note}")
-    print("  atomfm train --config FILE " + " ".join(plan.overrides()))
 
 
 def gib(n: float) -> str:

@@ -77,6 +77,9 @@ def test_plan_for_xl_on_eight_80gb_gpus(capsys):
     )
     conservative = json.loads(capsys.readouterr().out)
     assert conservative["recommended"]["zero_stage"] < 3 and not conservative["fits_target"]
+    # one 16 GB GPU cannot hold xl's 23 GiB of model states at all
+    assert atomfm(["plan", "--model", "xl", "--gpus", "1", "--gpu-memory", "16GB"]) == 1
+    assert "xl does not fit" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
