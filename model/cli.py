@@ -88,13 +88,18 @@ def info(args: argparse.Namespace) -> int:
         if cfg.long_range
         else "off",
     )
+    fp32 = estimate_activation_memory(bb, 1000, args.edges_per_atom, 4)
+    bf16 = estimate_activation_memory(bb, 1000, args.edges_per_atom, 2)
     report["activation_memory_per_1000_atoms"] = {
         "edges_per_atom": args.edges_per_atom,
-        "fp32_bytes": estimate_activation_memory(bb, 1000, args.edges_per_atom, 4).total_bytes,
-        "bf16_bytes": estimate_activation_memory(bb, 1000, args.edges_per_atom, 2).total_bytes,
+        "fp32_bytes": fp32.total_bytes,
+        "bf16_bytes": bf16.total_bytes,
+        "fp32_checkpointed_bytes": fp32.checkpointed_bytes,
+        "bf16_checkpointed_bytes": bf16.checkpointed_bytes,
         "how": "analytic count of the tensors autograd keeps per layer, per edge and per atom, for an energy "
         "and direct-force loss (model/activation_memory.py); conservative-force training measures ~3x that; "
-        "activation checkpointing keeps little more than each layer's input",
+        "activation checkpointing keeps each layer's input and one layer at a time (the checkpointed figures; "
+        "`atomfm plan` turns these into a ZeRO stage and max_atoms)",
     }
     if args.measure:
         report["measured_per_1000_atoms"] = _measure(cfg)
