@@ -148,7 +148,7 @@ class AtomFMCalculator(Calculator):
     ) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
         periodic = bool(self.atoms.pbc.any())
-        batch = self._batch(self.atoms)
+        batch = self.batch_of([self.atoms])
         self._warn_outside_training(batch)
         outputs = ["energy", "forces"] + (["stress"] if periodic else [])
         if "charges" in self.model.heads:
@@ -199,9 +199,11 @@ class AtomFMCalculator(Calculator):
                 stacklevel=3,
             )
 
-    def _batch(self, atoms: Atoms) -> Batch:
+    def batch_of(self, atoms_list: list[Atoms]) -> Batch:
+        """The batch this calculator's model reads for ``atoms_list``, with its level of theory, charge, spin
+        and domain, in the model's dtype and on its device."""
         return atoms_to_batch(
-            [atoms],
+            atoms_list,
             self.cutoff,
             level_of_theory=self.level_of_theory,
             charge=self.charge,
