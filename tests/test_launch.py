@@ -2,7 +2,8 @@
 
 The batch script is checked by ``bash -n`` and then run by bash for real, with stand-ins for srun, scontrol and
 sbatch (not installed here) that record what they were given: the srun/torchrun line as SLURM would start it,
-and SIGUSR1 creating the run's STOP file and requeueing the job once the training exits 0.
+SIGUSR1 creating the run's STOP file and requeueing the job once the training exits 0, and SIGTERM (preemption)
+leaving the batch shell waiting for the training.
 """
 
 from __future__ import annotations
@@ -194,6 +195,23 @@ def test_slurm_script_runs_torchrun_per_node_and_checkpoints_on_sigusr1(tmp_path
     assert job.returncode == 0, out
     assert (run_dir / "STOP").exists()
     assert (fakes / "scontrol.args").read_text().splitlines()[-2:] == ["requeue", "4242"]
+
+    # preemption: SIGTERM reaches every process; the batch shell waits for the training and does not requeue
+    (fakes / "srun.args").unlink()
+    env["FAKE_STOP"] = str(tmp_path / "checkpointed")
+    job = subprocess.Popen(
+        ["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    while not (fakes / "srun.args").exists():
+        assert job.poll() is None and time.monotonic() < deadline + 30, job.stdout.read()
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert job.poll() is None, "the batch shell ended before the training"
+    (tmp_path / "checkpointed").touch()
+    out, _ = job.communicate(timeout=30)
+    assert job.returncode == 0 and "SIGTERM: waiting" in out, out
+    assert (fakes / "scontrol.args").read_text().count("requeue") == 1
 
 
 def test_elastic_slurm_script(tmp_path, capsys):
