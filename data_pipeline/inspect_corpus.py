@@ -22,6 +22,7 @@ from webdataset.tariterators import tarfile_samples
 
 from data_pipeline.atom_counts import SUFFIX as ATOM_COUNTS_SUFFIX
 from data_pipeline.atom_counts import decode_atom_counts
+from data_pipeline.corpus_location import is_remote
 from data_pipeline.manifest import VERSION, Manifest, ShardInfo, read_manifest
 from data_pipeline.sample_codec import decode_sample
 from data_pipeline.schema import BadInputError
@@ -204,6 +205,12 @@ def inconsistencies(manifest: Manifest, orphans: list[str]) -> list[str]:
 
 def inspect_corpus(corpus: str | Path, *, verify: bool = True) -> dict[str, Any]:
     """The corpus report: manifest summary, per-domain stats, sources, and per-shard verification."""
+    if is_remote(corpus):
+        raise BadInputError(
+            "inspect checks a corpus folder (sizes, checksums, orphans); run it where the files are, before "
+            "uploading them (the stream reads URLs)",
+            path=str(corpus),
+        )
     root = Path(corpus)
     manifest = read_manifest(root)
     bad = {}

@@ -215,6 +215,36 @@ def test_a_disk_that_fills_up_writing_the_manifest_is_named(tmp_path, capsys, mo
     assert read_manifest(out).sources["waters"]["status"] == "complete"
 
 
+def test_a_shard_list_cut_mid_line_by_a_crash_resumes_to_the_same_corpus(tmp_path, capsys):
+    out = tmp_path / "corpus"
+    args = (
+        "data",
+        "ingest",
+        many_waters(tmp_path),
+        "--out",
+        out,
+        "--shard-size",
+        "3",
+        "--split-fractions",
+        "1,0,0",
+    )
+    assert atomfm(capsys, *args).code == 0
+    digests = {s.path: s.sha256 for s in read_manifest(out).shards}
+    shard_list = out / "waters.shards.jsonl"
+    text = shard_list.read_text()
+    shard_list.write_text(text[: text.rindex("\n", 0, -1) + 40])  # the last entry cut 40 bytes in
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["sources"]["waters"].update(status="running", shards=0, structures=0)  # as at the run's start
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert len(read_manifest(out).shards) == len(digests) - 1
+    assert atomfm(capsys, *args).code == 0
+    resumed = read_manifest(out)
+    assert {s.path: s.sha256 for s in resumed.shards} == digests and resumed.sources["waters"][
+        "status"
+    ] == "complete"
+    assert resumed.sources["waters"]["runs"][-1]["resumed"] == 9 and shard_list.read_text() == text
+
+
 # --- CIF: the real NiSb cell (ASE's test minerals), one site edited ---------------------------------------
 
 NISB = Path(ase.__file__).parent / "test" / "testdata" / "minerals" / "cod_1010930.cif"

@@ -14,6 +14,7 @@ import pytest
 from stream_corpus import crystals, molecules, write_corpus
 
 from data_pipeline.corpus_reader import read_split
+from data_pipeline.inspect_corpus import inspect_corpus
 from data_pipeline.manifest import read_manifest
 from data_pipeline.schema import BadInputError
 from data_pipeline.stream import StreamConfig, StructureStream
@@ -80,12 +81,14 @@ def test_a_pipe_corpus_runs_its_command_for_every_file(served):
     )
 
 
-def test_a_url_without_a_corpus_and_a_pipe_without_a_slot_are_named(served):
+def test_a_url_without_a_corpus_a_pipe_without_a_slot_and_inspect_of_a_url_are_named(served):
     _, base = served
     with pytest.raises(BadInputError, match=rf"file {base}/nothing/manifest.json: no manifest.json"):
         StructureStream(_config(f"{base}/nothing", num_workers=0))
     with pytest.raises(BadInputError, match=r"pipe:cat x.*with \{\} where each file name goes"):
         StructureStream(_config("pipe:cat x", num_workers=0))
+    with pytest.raises(BadInputError, match="inspect checks a corpus folder"):
+        inspect_corpus(f"{base}/corpus")
 
 
 def test_a_missing_atom_counts_file_behind_a_url_is_named_before_reading(served):
