@@ -36,6 +36,7 @@ class AtomBatch(Protocol):
     residue_id: Tensor  # int64 [N], -1 for atoms outside a protein chain
     properties: Tensor  # float [B, P] the stream's structure properties (StreamConfig.properties)
     has_properties: Tensor  # bool [B, P]
+    atom_labels: Tensor  # int64 [N, K] per-atom classes (StreamConfig.atom_labels), -1 where absent
     replay: Tensor  # bool [B] drawn from the replay corpus (fine-tuning with replay)
     group_hash: Tensor  # int64 [B] stable hash of the group id
     key: list[str]  # [B]

@@ -60,6 +60,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run("data_pipeline.relabel", "main"))
 
+    p = dsub.add_parser(
+        "annotate", help="add labels derived from the structures (secondary structure) into a new corpus"
+    )
+    p.add_argument("corpus", help="corpus folder to read (every split)")
+    p.add_argument("--with", dest="annotation", required=True, help="annotation: secondary_structure (DSSP)")
+    p.add_argument("--out", required=True, help="new corpus folder")
+    p.add_argument("--domain", choices=["molecule", "protein", "material"], default=None)
+    p.add_argument("--max-groups", type=int, default=None, help="a seeded subset of this many groups")
+    p.add_argument("--source", default=None, help="source name in the new corpus (default: the annotation's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run("data_pipeline.annotate", "main"))
+
     data.set_defaults(func=lambda args: data.print_help() or 0)
 
 

@@ -26,12 +26,14 @@ def structure_to_graph(
     cutoff: float,
     levels: tuple[str, ...] | list[str] = LEVELS_OF_THEORY,
     properties: tuple[str, ...] | list[str] = (),
+    atom_labels: tuple[str, ...] | list[str] = (),
 ) -> Data:
     """The graph of ``s`` under a neighbour-list cutoff (Å); per-structure fields have a leading dimension 1.
 
     ``levels``: the vocabulary the level of theory is indexed in (the model's; default the built-in one).
     ``properties``: the structure properties carried as ``properties`` [1, P] (0 where ``has_properties`` is
-    false). A structure without a group id is its own group (its key is hashed). ``cell`` is zero when no
+    false). ``atom_labels``: per-atom integer classes carried as ``atom_labels`` [N, K] (−1 where the structure
+    has none, e.g. ``secondary_structure``). A structure without a group id is its own group (its key is hashed). ``cell`` is zero when no
     direction is periodic; absent labels are zeros with ``has_*`` false.
     """
     n = s.num_atoms
@@ -67,11 +69,22 @@ def structure_to_graph(
         residue_id=residue_id,
         properties=torch.tensor([[s.properties.get(p, 0.0) for p in properties]], dtype=torch.float32),
         has_properties=torch.tensor([[p in s.properties for p in properties]], dtype=torch.bool),
+        atom_labels=_atom_labels(s, atom_labels),
         replay=torch.tensor([False]),
         group_hash=torch.tensor([group_hash(s.group_id or s.key)], dtype=torch.int64),
         key=s.key,
         num_nodes=n,
     )
+
+
+def _atom_labels(s: Structure, names: tuple[str, ...] | list[str]) -> torch.Tensor:
+    columns = [
+        np.asarray(s.per_atom[name]).astype(np.int64)
+        if name in s.per_atom
+        else np.full(s.num_atoms, -1, dtype=np.int64)
+        for name in names
+    ]
+    return torch.from_numpy(np.stack(columns, axis=1) if columns else np.zeros((s.num_atoms, 0), np.int64))
 
 
 def _long(values: np.ndarray) -> torch.Tensor:

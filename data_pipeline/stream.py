@@ -87,6 +87,7 @@ class StreamConfig:
         None  # vocabulary levels are indexed in (the trainer sets the model's)
     )
     properties: list[str] = field(default_factory=list)  # structure properties batches carry (``properties``)
+    atom_labels: list[str] = field(default_factory=list)  # per-atom classes batches carry (``atom_labels``)
     replay_corpus: list[str] = field(default_factory=list)  # corpora replayed beside ``corpus`` (fine-tuning)
     replay_fraction: float = 0.0  # the expected share of structures drawn from ``replay_corpus``
     replay_split: str = "train"
@@ -532,7 +533,7 @@ class _Readers(IterableDataset):
                 continue
             try:
                 graph = structure_to_graph(
-                    s, cfg.cutoff, cfg.levels_of_theory or LEVELS_OF_THEORY, cfg.properties
+                    s, cfg.cutoff, cfg.levels_of_theory or LEVELS_OF_THEORY, cfg.properties, cfg.atom_labels
                 )
             except (ValueError, RuntimeError) as err:
                 log.warning("skipped %s (%s): no neighbour list: %s", s.key, fetched.where, err)

@@ -221,3 +221,107 @@ def test_a_fine_tune_with_pseudo_label_replay_starts_at_zero_loss_on_the_replaye
     assert first[True]["loss/forces/material"] < 1e-5
     assert first[False]["loss/forces/material"] > 1e-3
     assert first[True]["loss/energy/molecule"] == pytest.approx(first[False]["loss/energy/molecule"])
+
+
+def peptide_frames(count: int, split: str) -> list:
+    """Rattled frames of MDAnalysisTests' helical A6PA6 peptide with the per-atom fields of a protein file."""
+    import warnings
+
+    import biotite.structure.io.pdb as pdb
+    from ase.data import atomic_numbers
+    from stream_corpus import protein_file
+
+    from data_pipeline.schema import Structure, validate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        array = pdb.PDBFile.read(str(protein_file("A6PA6_alpha.pdb"))).get_structure(model=1)
+    rng = np.random.default_rng(len(split))
+    return [
+        validate(
+            Structure(
+                key=f"A6PA6/{split}/{k}",
+                domain="protein",
+                atomic_numbers=np.array([atomic_numbers[e.capitalize()] for e in array.element]),
+                positions=array.coord + 0.02 * rng.standard_normal(array.coord.shape),
+                group_id=f"A6PA6-{split}",
+                split=split,
+                per_atom={
+                    "residue_index": array.res_id,
+                    "atom_name": array.atom_name.astype(str),
+                    "chain_id": np.full(len(array), "A"),
+                },
+            )
+        )
+        for k in range(count)
+    ]
+
+
+def test_dssp_labels_every_atom_with_its_residues_state_as_pydssp_reads_the_pdb_file():
+    import pydssp
+    from stream_corpus import protein_file
+
+    from data_pipeline.secondary_structure import residue_secondary_structure
+    from eval.tasks.secondary_structure import residue_labels
+
+    (s,) = peptide_frames(1, "train")
+    s = replace(s, positions=s.positions.round(3))
+    labels = residue_secondary_structure(s)
+    coord = pydssp.read_pdbtext(protein_file("A6PA6_alpha.pdb").read_text())
+    expected = pydssp.assign(coord, out_type="c3")
+    per_residue = residue_labels(replace(s, per_atom={**s.per_atom, "secondary_structure": labels}))
+    # pydssp's own reader puts every amide on the donor side (the first residue too); ours knows it has no H
+    assert "".join("HEC"[k] for k in per_residue[1:]) == "".join(expected[1:]).replace("-", "C")
+    assert (per_residue == 0).mean() > 0.5  # the alpha conformer is a helix
+    for residue in np.unique(s.per_atom["residue_index"]):
+        assert len(set(labels[s.per_atom["residue_index"] == residue])) == 1
+
+
+def test_a_residue_head_is_fine_tuned_on_secondary_structure_and_scored_by_q3(pretrained, tmp_path):
+    from data_pipeline.secondary_structure import with_secondary_structure
+    from eval.tasks.secondary_structure import residue_labels
+
+    corpus = tmp_path / "ss"
+    frames = [with_secondary_structure(s) for s in peptide_frames(4, "train") + peptide_frames(2, "test")]
+    write_corpus(corpus, frames, shard_size=4)
+    out = tmp_path / "ss_run"
+    overrides = {**TINY, "heads": [*HEADS, "residue"]}
+    overrides["head_options"] = {"residue": {"target": "secondary_structure", "dim": 3}}
+    path = config(
+        [corpus],
+        out,
+        run={"max_steps": 6, "log_every": 2},
+        data={"max_atoms": 256},
+        model={"overrides": overrides},
+        tasks={"residue_class": {}},
+    )
+    atomfm("finetune", "--from", pretrained, "--config", path)
+    losses = [record["loss/residue_class"] for record in read_metrics(out)]
+    assert losses[-1] < losses[0]
+
+    atomfm(
+        "eval",
+        "--checkpoint",
+        out,
+        "--data",
+        corpus,
+        "--tasks",
+        "secondary_structure",
+        "--out",
+        tmp_path / "e",
+    )
+    (result_file,) = (tmp_path / "e").rglob("*.json")
+    metrics = json.loads(result_file.read_text())["metrics"]["protein"]
+    model = load_model(list_checkpoints(out)[-1])
+    from eval.tasks.head_outputs import head_outputs
+
+    hits = total = majority_hits = 0
+    for s in frames[4:]:
+        ((_, _, outputs),) = head_outputs(model, [s], ("residue",))
+        reference = residue_labels(s)
+        keep = reference >= 0
+        hits += int((outputs["residue"].argmax(dim=1).numpy()[keep] == reference[keep]).sum())
+        majority_hits += int((reference[keep] == 0).sum())  # helix is the training majority
+        total += int(keep.sum())
+    assert metrics["q3"]["value"] == pytest.approx(100.0 * hits / total)
+    assert metrics["baseline_q3"]["value"] == pytest.approx(100.0 * majority_hits / total)

@@ -61,9 +61,12 @@ def model_stream_config(
     data: StreamConfig, model: AtomFM, replay: ReplayConfig | None = None
 ) -> StreamConfig:
     """``data`` indexing levels of theory in the model's vocabulary, carrying the structure properties its
-    ``properties`` head predicts, and mixing in the fine-tuning ``replay`` corpus when one is set."""
+    ``properties`` head predicts and the per-atom classes its ``residue`` head classifies, and mixing in the fine-tuning ``replay`` corpus when one is set."""
     out = dataclasses.replace(
-        data, levels_of_theory=list(model.config.levels_of_theory), properties=property_names(model)
+        data,
+        levels_of_theory=list(model.config.levels_of_theory),
+        properties=property_names(model),
+        atom_labels=residue_targets(model),
     )
     if replay is not None and replay.active:
         out = dataclasses.replace(
@@ -90,6 +93,13 @@ def new_property_head(model: AtomFM, fresh: list[str] | None, reinit_heads: list
     return (
         fresh is None or "properties" in reinit_heads or any(n.startswith("heads.properties.") for n in fresh)
     )
+
+
+def residue_targets(model: AtomFM) -> list[str]:
+    """The per-atom class label the model's ``residue`` head classifies (``secondary_structure``), if any."""
+    head = model.heads["residue"] if "residue" in model.heads else None
+    target = getattr(head, "target", None)
+    return [target] if target else []
 
 
 def fit_property_statistics(model: AtomFM, data: StreamConfig, ctx: DistContext) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from eval.tasks.eos import EquationOfState
 from eval.tasks.md_drift import MDDrift
 from eval.tasks.property import PropertyPrediction
 from eval.tasks.relaxation import Relaxation
+from eval.tasks.secondary_structure import SecondaryStructure
 from eval.tasks.symmetry import Symmetry
 
 TASKS: dict[str, type[EvalTask]] = {
@@ -34,6 +35,7 @@ TASKS: dict[str, type[EvalTask]] = {
         Diatomics,
         Chirality,
         PropertyPrediction,
+        SecondaryStructure,
     )
 }
 

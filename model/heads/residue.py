@@ -10,13 +10,18 @@ from model.heads.base import Head, HeadInput, invariant_mlp
 
 class ResidueHead(Head):
     """``residue`` [R, dim]: an MLP of the mean invariant features of each residue's atoms;
-    ``residue_index`` [R, 2]: (graph, residue_id) of each row, sorted. Atoms with residue_id −1 are left out."""
+    ``residue_index`` [R, 2]: (graph, residue_id) of each row, sorted. Atoms with residue_id −1 are left out.
+
+    target: a per-atom class label (``secondary_structure``) whose ``dim`` classes the rows are logits of,
+    trained by the ``residue_class`` task (None: a plain per-residue embedding)."""
 
     outputs = ("residue", "residue_index")
 
-    def __init__(self, channels: int, lmax: int, dim: int = 64, hidden: int | None = None) -> None:
+    def __init__(
+        self, channels: int, lmax: int, dim: int = 64, hidden: int | None = None, target: str | None = None
+    ) -> None:
         super().__init__(channels, lmax)
-        self.dim = dim
+        self.dim, self.target = dim, target
         self.mlp = invariant_mlp(channels, hidden or channels, dim)
 
     def forward(self, inp: HeadInput) -> dict[str, Tensor]:

@@ -21,6 +21,7 @@ from train.tasks.energy import EnergyRegression
 from train.tasks.forces import ForceRegression
 from train.tasks.masked_atoms import MaskedAtomTypes
 from train.tasks.property import PropertyRegression
+from train.tasks.residue_class import ResidueClassification
 from train.tasks.stress import StressRegression
 
 TASKS: dict[str, type[Task]] = {
@@ -34,6 +35,7 @@ TASKS: dict[str, type[Task]] = {
         ForceRegression,
         StressRegression,
         PropertyRegression,
+        ResidueClassification,
         ConformerContrast,
     )
 }
