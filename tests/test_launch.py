@@ -127,7 +127,7 @@ def fake_commands(folder: Path) -> Path:
     folder.mkdir()
     scripts = {
         # the training: record the command, then run until the STOP file appears (as the trainer does) and exit 0
-        "srun": 'printf "%s\\n" "$@" > "$FAKE_LOG/srun.args"\n'
+        "srun": 'printf "%s\\n" "$@" > "$FAKE_LOG/srun.tmp" && mv "$FAKE_LOG/srun.tmp" "$FAKE_LOG/srun.args"\n'
         'until [ -e "$FAKE_STOP" ]; do sleep 0.05; done\nexit 0\n',
         "scontrol": 'printf "%s\\n" "$@" >> "$FAKE_LOG/scontrol.args"\n'
         '[ "$1" = show ] && printf "node-a\\nnode-b\\n"\nexit 0\n',
@@ -137,6 +137,14 @@ def fake_commands(folder: Path) -> Path:
         (folder / name).write_text("#!/bin/bash\n" + body)
         (folder / name).chmod(0o755)
     return folder
+
+
+def wait_for_srun(job: subprocess.Popen, fakes: Path, timeout: float = 120) -> None:
+    """Until the batch script has started the (stand-in) training."""
+    deadline = time.monotonic() + timeout
+    while not (fakes / "srun.args").exists():
+        assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()
+        time.sleep(0.05)
 
 
 def test_slurm_script_runs_torchrun_per_node_and_checkpoints_on_sigusr1(tmp_path, capsys):
@@ -178,10 +186,7 @@ def test_slurm_script_runs_torchrun_per_node_and_checkpoints_on_sigusr1(tmp_path
     job = subprocess.Popen(
         ["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.monotonic() + 30
-    while not (fakes / "srun.args").exists():
-        assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()
-        time.sleep(0.05)
+    wait_for_srun(job, fakes)
     srun = (fakes / "srun.args").read_text().splitlines()
     assert srun == [
         "--kill-on-bad-exit=1", "--ntasks-per-node=1", sys.executable, "-m", "torch.distributed.run",
@@ -191,7 +196,7 @@ def test_slurm_script_runs_torchrun_per_node_and_checkpoints_on_sigusr1(tmp_path
     ]  # fmt: skip
     assert not (run_dir / "STOP").exists()
     job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@300 sends 300 s before the time limit
-    out, _ = job.communicate(timeout=30)
+    out, _ = job.communicate(timeout=120)
     assert job.returncode == 0, out
     assert (run_dir / "STOP").exists()
     assert (fakes / "scontrol.args").read_text().splitlines()[-2:] == ["requeue", "4242"]
@@ -202,14 +207,12 @@ def test_slurm_script_runs_torchrun_per_node_and_checkpoints_on_sigusr1(tmp_path
     job = subprocess.Popen(
         ["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    while not (fakes / "srun.args").exists():
-        assert job.poll() is None and time.monotonic() < deadline + 30, job.stdout.read()
-        time.sleep(0.05)
+    wait_for_srun(job, fakes)
     job.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     assert job.poll() is None, "the batch shell ended before the training"
     (tmp_path / "checkpointed").touch()
-    out, _ = job.communicate(timeout=30)
+    out, _ = job.communicate(timeout=120)
     assert job.returncode == 0 and "SIGTERM: waiting" in out, out
     assert (fakes / "scontrol.args").read_text().count("requeue") == 1
 
