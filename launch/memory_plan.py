@@ -6,13 +6,17 @@ Model states, bytes per GPU for P parameters on N GPUs in all. atomfm keeps fp32
     stage 0:  weights 4P + gradients 4P + moments 8P                              (DeepSpeed has no estimator)
     stage 1:  weights 4P + gradients 4P + (fp32 partition 4P + moments 8P) / N     (DeepSpeed has no estimator)
     stage 2:  weights 4P + (gradients 4P + fp32 partition 4P + moments 8P) / N
-    stage 3:  (weights 4P + gradients 4P + fp32 partition 4P + moments 8P) / N + 4L (the largest layer, gathered)
+    stage 3:  (weights 4P + gradients 4P + moments 8P) / N + 4L (the largest layer, gathered whole)
 
-The ZeRO optimiser's fp32 partition is a copy of the weights even when they are fp32. DeepSpeed's estimators
-(``estimate_zero2_model_states_mem_needs``, ``estimate_zero3_model_states_mem_needs``, no offload) count the
-mixed-precision layout with 16-bit weights: stage 2 as 2P + 18P/N (16-bit weights; 16-bit and fp32 gradients,
-fp32 weights, moments per partition), stage 3 as 18P/N + 4L. So atomfm's stage 2 is DeepSpeed's + 2P − 2P/N
-and its stage 3 DeepSpeed's + 2P/N; both are reported, and the plan uses atomfm's own.
+Stages 1 and 2 keep an fp32 partition of the weights beside them, a copy even when the weights are fp32
+(``stage_1_and_2``: "cloned and detached"); stage 3 uses fp32 weight partitions as they are. DeepSpeed's
+estimators (``estimate_zero2_model_states_mem_needs``, ``estimate_zero3_model_states_mem_needs``, no offload)
+count the mixed-precision layout with 16-bit weights: stage 2 as 2P + 18P/N (16-bit weights; 16-bit and fp32
+gradients, fp32 weights, moments per partition), stage 3 as 18P/N + 4L (16-bit weights, fp32 gradients,
+weights and moments per partition). So atomfm's stage 2 is DeepSpeed's + 2P − 2P/N and its stage 3
+DeepSpeed's − 2P/N; both are reported, and the plan uses atomfm's own. Under ZeRO-3 DeepSpeed may keep more
+than one layer gathered (``stage3_max_live_parameters``, 1e9 by default, and the prefetch bucket); the
+estimate, like DeepSpeed's, counts the largest layer.
 
 Activations come from the model's analytic count (``model/activation_memory.py``) per 1,000 atoms, at 2 bytes
 a value under bf16 and 4 under fp32, with and without activation checkpointing; conservative forces (a double
@@ -117,7 +121,7 @@ def model_states(
     elif stage == 2:
         states = ModelStates(2, 4 * p, 4 * p / n, 12 * p / n)
     elif stage == 3:
-        states = ModelStates(3, 4 * p / n, 4 * p / n, 12 * p / n, gathered=4.0 * largest_layer)
+        states = ModelStates(3, 4 * p / n, 4 * p / n, 8 * p / n, gathered=4.0 * largest_layer)
     else:
         raise ValueError(f"ZeRO stage must be 0, 1, 2 or 3, got {stage}")
     states.deepspeed_estimate = deepspeed_estimate(parameters, largest_layer, stage, gpus_per_node, nodes)
