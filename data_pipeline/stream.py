@@ -7,13 +7,16 @@ samples (``data_pipeline.shard_reader``), decodes them, builds each graph with i
 batch further when it breaks ``max_edges``, and hands batches over with a report: its position in the plan
 and what it skipped. The main process delivers batches in a fixed round-robin order over the readers,
 whatever order the worker processes finish in, and keeps the positions and counts; that is the state.
-Resuming replays each reader's plan (no shard is read for that) and continues with the next batch.
+Resuming replays each reader's plan (no shard is read for that) and continues with the next batch. Resuming
+on another number of ranks or workers (:meth:`StructureStream.load_resharded`) replays every old reader's plan
+to find what each epoch has already delivered, and the new readers share out the rest of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 from collections import Counter, deque
@@ -33,6 +36,7 @@ from data_pipeline.sample_codec import decode_sample
 from data_pipeline.schema import BadInputError
 from data_pipeline.shard_reader import ShardReader
 from data_pipeline.stream_plan import (
+    DeliveredSamples,
     ReaderSlot,
     SamplePlan,
     SampleRef,
@@ -60,6 +64,7 @@ SETUP_DERIVED = {
     "replay_fraction": "probabilities",
     "replay_domain_weights": "probabilities",
 }
+LAYOUT = ("rank", "world_size", "readers")  # what a resume on another layout may change (load_resharded)
 
 
 @dataclass
@@ -190,6 +195,7 @@ class _ReaderReport:
     progress: tuple[int, int]  # (planned batches finished, edge-split parts of the next one delivered)
     done: bool
     stats: StreamStats
+    part_samples: tuple[tuple[int, int, int], ...] = ()  # (epoch, shard, member) of a part sent mid-batch
 
 
 class StructureStream:
@@ -217,6 +223,7 @@ class StructureStream:
             self.table += [dataclasses.replace(e, domain=REPLAY_PREFIX + e.domain) for e in replayed]
         self.stats = StreamStats()
         self.epoch = 0
+        self.delivered = DeliveredSamples.for_table(self.table)  # under earlier layouts (load_resharded)
         self._start_epoch()
         self._check_atom_counts()
         slots = self.world_size * self.num_readers
@@ -247,7 +254,9 @@ class StructureStream:
             slot = ReaderSlot(self.rank * self.num_readers + reader, slots)
             for domain, p in self.probabilities.items():
                 if p > 0:
-                    yield from shard_reads_in_epoch(self.table, domain, self.epoch, self.cfg.seed, slot)
+                    yield from shard_reads_in_epoch(
+                        self.table, domain, self.epoch, self.cfg.seed, slot, delivered=self.delivered
+                    )
 
     def structures_per_epoch(self) -> int:
         """Structures this rank reads in one pass over its share (before skips), from the manifest alone."""
@@ -261,7 +270,12 @@ class StructureStream:
 
     def __iter__(self) -> Iterator[Batch]:
         """The rest of the current epoch (all of it after a complete one); endless with ``repeat``."""
-        resumed = any(self._done) or any(p != (0, 0) for p in self._progress)
+        resumed = (
+            any(self._done)
+            or any(p != (0, 0) for p in self._progress)
+            or self.delivered.mask(self.epoch)
+            is not None  # this rank's rest of a resharded epoch may be empty
+        )
         readers = _Readers(
             self.cfg,
             self.table,
@@ -271,6 +285,7 @@ class StructureStream:
             epoch=self.epoch,
             progress=list(self._progress),
             done=list(self._done),
+            delivered=self.delivered,
         )
         if self.cfg.num_workers == 0:
             reports: Iterator[tuple[Batch | None, _ReaderReport]] = readers.reports(0)
@@ -306,6 +321,7 @@ class StructureStream:
             batch, report = waiting[k].popleft()
             self._progress[k] = report.progress
             self._done[k] = report.done
+            self._partial[k] = [*self._partial[k], *report.part_samples] if report.progress[1] else []
             self.stats.add(report.stats)
             self._next_reader = self._reader_after(k)
             starving.after(batch, report.stats)
@@ -316,6 +332,7 @@ class StructureStream:
         if self.cfg.repeat:
             log.warning("rank %d has no samples to repeat: its readers' shares are empty", self.rank)
             return delivered
+        self.delivered.epochs.pop(self.epoch, None)
         self.epoch += 1
         self._start_epoch()
         return delivered
@@ -330,6 +347,8 @@ class StructureStream:
     def _start_epoch(self) -> None:
         self._progress: list[tuple[int, int]] = [(0, 0)] * self.num_readers
         self._done: list[bool] = [False] * self.num_readers
+        # (epoch, shard, member) of the parts delivered of a planned batch split under max_edges, per reader
+        self._partial: list[list[tuple[int, int, int]]] = [[] for _ in range(self.num_readers)]
         self._next_reader = 0
 
     def _setup(self) -> dict[str, Any]:
@@ -358,6 +377,8 @@ class StructureStream:
             "next_reader": self._next_reader,
             "progress": [list(p) for p in self._progress],
             "done": list(self._done),
+            "partial": [[list(s) for s in samples] for samples in self._partial],
+            "delivered": self.delivered.to_state(),
             "stats": self.stats.to_dict(),
         }
 
@@ -378,6 +399,7 @@ class StructureStream:
         ]
         self.stats = StreamStats.from_dict(state["stats"])
         self.epoch = int(state["epoch"])
+        self.delivered.load_state(state.get("delivered", {}))
         if changed:
             message = "the stream state was saved under other settings; " + "; ".join(changed)
             if strict:
@@ -387,7 +409,84 @@ class StructureStream:
             return
         self._progress = [(int(p), int(s)) for p, s in state["progress"]]
         self._done = [bool(d) for d in state["done"]]
+        self._partial = [[tuple(x) for x in samples] for samples in state.get("partial", self._partial)]
         self._next_reader = int(state["next_reader"])
+
+    def load_resharded(self, states: list[Mapping[str, Any]]) -> None:
+        """Continue a run whose stream states ``states`` (one per old rank, in rank order) were saved by another
+        number of ranks or workers: this rank takes its share of what the epoch has not yet delivered.
+
+        Every old reader's plan is replayed up to its saved position (no shard is read) to mark the samples it
+        delivered in each epoch; the new plans leave those out, so over the epoch every sample is delivered
+        exactly once. Settings other than the layout must be unchanged (a ValueError names what changed).
+        """
+        for state in states:
+            if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+                raise ValueError("not an atomfm stream state")
+        saved = states[0]["setup"]
+        now = self._setup()
+        changed = [
+            f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
+            for k in now
+            if k not in LAYOUT and saved.get(k) != now.get(k)
+        ]
+        if changed:
+            raise ValueError("the stream state was saved under other settings; " + "; ".join(changed))
+        if len(states) != saved["world_size"]:
+            raise ValueError(f"expected the stream states of {saved['world_size']} ranks, got {len(states)}")
+        old_readers, old_slots = int(saved["readers"]), int(saved["world_size"]) * int(saved["readers"])
+        delivered = DeliveredSamples.for_table(self.table)
+        first = min(int(state["epoch"]) for state in states)
+        domains = [d for d, p in self.probabilities.items() if p > 0]
+        for rank, state in enumerate(states):
+            epoch = int(state["epoch"])
+            inherited = DeliveredSamples.for_table(self.table)  # what this rank's plans left out
+            inherited.load_state(state.get("delivered", {}))
+            delivered.merge(inherited)
+            for reader in range(old_readers):
+                slot = ReaderSlot(rank * old_readers + reader, old_slots)
+                finished = [*range(first, epoch), *([epoch] if state["done"][reader] else [])]
+                for e in finished:  # whole shares: the reader has passed these epochs
+                    for domain in domains:
+                        for read in shard_reads_in_epoch(self.table, domain, e, self.cfg.seed, slot):
+                            delivered.add(e, ((read.shard, m) for m in read.members))
+                if state["done"][reader]:
+                    continue
+                plan = _sample_plan(self.cfg, self.table, self.probabilities, slot, epoch, inherited)
+                batches = int(state["progress"][reader][0])
+                for refs in itertools.islice(plan, batches):
+                    for ref in refs:
+                        delivered.add(ref.epoch, [(ref.shard, ref.member)])
+                for e, shard, member in state.get("partial", [[]] * old_readers)[reader]:
+                    delivered.add(int(e), [(int(shard), int(member))])
+        self.epoch = delivered.drop_complete(self.table, domains, first)
+        self.delivered = delivered
+        self._start_epoch()
+        self.stats = (
+            StreamStats.from_dict(states[self.rank]["stats"]) if self.rank < len(states) else StreamStats()
+        )
+        left = sum(
+            len(read.members)
+            for reader in range(self.num_readers)
+            for domain in domains
+            for read in shard_reads_in_epoch(
+                self.table,
+                domain,
+                self.epoch,
+                self.cfg.seed,
+                ReaderSlot(self.rank * self.num_readers + reader, self.world_size * self.num_readers),
+                delivered=self.delivered,
+            )
+        )
+        log.info(
+            "stream of rank %d/%d resharded from %d ranks x %d readers: epoch %d, %d samples of it left here",
+            self.rank,
+            self.world_size,
+            saved["world_size"],
+            old_readers,
+            self.epoch,
+            left,
+        )
 
 
 class StreamStarvedError(BadInputError):
@@ -447,10 +546,11 @@ class _Readers(IterableDataset):
         epoch: int,
         progress: list[tuple[int, int]],
         done: list[bool],
+        delivered: DeliveredSamples | None = None,
     ) -> None:
         self.cfg, self.table, self.probabilities = cfg, table, probabilities
         self.rank, self.world_size, self.epoch = rank, world_size, epoch
-        self.progress, self.done = progress, done
+        self.progress, self.done, self.delivered = progress, done, delivered
 
     def __iter__(self) -> Iterator[tuple[Batch | None, _ReaderReport]]:
         info = get_worker_info()
@@ -461,16 +561,13 @@ class _Readers(IterableDataset):
         if self.done[reader]:
             return
         readers = len(self.progress)
-        plan = SamplePlan(
+        plan = _sample_plan(
+            self.cfg,
             self.table,
             self.probabilities,
-            slot=ReaderSlot(self.rank * readers + reader, self.world_size * readers),
-            epoch=self.epoch,
-            repeat=self.cfg.repeat,
-            seed=self.cfg.seed,
-            shuffle_buffer=self.cfg.shuffle_buffer,
-            max_atoms=self.cfg.max_atoms,
-            max_structures=self.cfg.max_structures,
+            ReaderSlot(self.rank * readers + reader, self.world_size * readers),
+            self.epoch,
+            self.delivered,
         )
         start, start_part = self.progress[reader]
         planned = iter(plan)
@@ -487,7 +584,7 @@ class _Readers(IterableDataset):
         )
         finished = start
         for position, refs in enumerate(planned, start=start):
-            parts, stats = self._graphs(refs, fetch)
+            parts, samples, stats = self._graphs(refs, fetch)
             first = start_part if position == start else 0
             if first:
                 stats = StreamStats()  # counted before the state was saved
@@ -496,14 +593,20 @@ class _Readers(IterableDataset):
                 yield None, _ReaderReport(reader, (finished, 0), False, stats)
                 continue
             for part in range(first, len(parts)):
-                after = (finished, 0) if part == len(parts) - 1 else (position, part + 1)
-                yield Batch.from_data_list(parts[part]), _ReaderReport(reader, after, False, stats)
+                mid = part < len(parts) - 1
+                after = (position, part + 1) if mid else (finished, 0)
+                report = _ReaderReport(reader, after, False, stats, samples[part] if mid else ())
+                yield Batch.from_data_list(parts[part]), report
                 stats = StreamStats()
         yield None, _ReaderReport(reader, (finished, 0), True, StreamStats())
 
-    def _graphs(self, refs: list[SampleRef], fetch: ShardReader) -> tuple[list[list[Data]], StreamStats]:
-        """Graphs of one planned batch, split into parts under ``max_edges``, and what was skipped."""
+    def _graphs(
+        self, refs: list[SampleRef], fetch: ShardReader
+    ) -> tuple[list[list[Data]], list[tuple[tuple[int, int, int], ...]], StreamStats]:
+        """Graphs of one planned batch, split into parts under ``max_edges``, each part's (epoch, shard,
+        member) samples, and what was skipped."""
         cfg, stats, graphs = self.cfg, StreamStats(), []
+        origin: dict[int, tuple[int, int, int]] = {}
         for ref in refs:
             fetched = fetch.get(ref)
             if fetched.raw is None:
@@ -541,10 +644,11 @@ class _Readers(IterableDataset):
                 continue
             graph.replay = torch.tensor([ref.domain.startswith(REPLAY_PREFIX)])
             graphs.append(graph)
+            origin[id(graph)] = (ref.epoch, ref.shard, ref.member)
             if s.num_atoms > cfg.max_atoms:
                 stats.oversize += 1
         if cfg.max_edges is None:
-            return ([graphs] if graphs else []), stats
+            return ([graphs] if graphs else []), [()], stats
         parts = []
         for part in pack_by_atoms(
             graphs, cfg.max_atoms, natoms=_num_nodes, num_edges=_num_edges, max_edges=cfg.max_edges
@@ -557,7 +661,30 @@ class _Readers(IterableDataset):
                     stats.skip("oversize", alone.key)
                     continue
             parts.append(part)
-        return parts, stats
+        return parts, [tuple(origin[id(g)] for g in part) for part in parts], stats
+
+
+def _sample_plan(
+    cfg: StreamConfig,
+    table: list[ShardEntry],
+    probabilities: dict[str, float],
+    slot: ReaderSlot,
+    epoch: int,
+    delivered: DeliveredSamples | None,
+) -> SamplePlan:
+    """The plan of reader ``slot`` from ``epoch`` on, without what ``delivered`` marks."""
+    return SamplePlan(
+        table,
+        probabilities,
+        slot=slot,
+        epoch=epoch,
+        repeat=cfg.repeat,
+        seed=cfg.seed,
+        shuffle_buffer=cfg.shuffle_buffer,
+        max_atoms=cfg.max_atoms,
+        max_structures=cfg.max_structures,
+        delivered=delivered,
+    )
 
 
 def _probabilities(

@@ -11,13 +11,19 @@ Either way, one pass gives every sample of the split to exactly one slot. Each s
 domain's samples through a buffer, mixes the domains by probability and packs by atom count, all with
 seeded generators and the per-sample atom counts of ``manifest.json``. The plan is therefore a pure function
 of (manifest, settings, epoch, slot): to resume, a reader replays it without touching a shard.
+
+When the number of slots changes mid-epoch (a resume on another world size or worker count), replaying the
+old slots' plans up to their saved positions gives the samples already delivered in each epoch
+(:class:`DeliveredSamples`); the new slots' plans take their usual shares of those epochs without them, so
+the rest of the epoch is partitioned over the new slots and no sample is lost or delivered twice.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -61,7 +67,7 @@ class ShardRead:
     """The members of one shard that a slot reads, with the slot's running sample number of the first."""
 
     shard: int  # index in the shard table
-    members: range
+    members: Sequence[int]  # a range, or the members left after a layout change (ascending)
     first_seq: int
 
 
@@ -73,6 +79,67 @@ class SampleRef(NamedTuple):
     shard: int
     member: int
     natoms: int
+    epoch: int = 0
+
+
+@dataclass
+class DeliveredSamples:
+    """Samples of the split delivered in given epochs before the reader layout changed.
+
+    ``epochs[e]`` is a bool mask over the shard table's samples in table order (sample ``offsets[shard] +
+    member``); epochs without a mask had nothing delivered under an earlier layout.
+    """
+
+    offsets: np.ndarray  # [shards + 1] int64: where each shard's samples start
+    epochs: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def for_table(cls, table: Sequence[ShardEntry]) -> DeliveredSamples:
+        sizes = [entry.num_samples for entry in table]
+        return cls(np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]))
+
+    def mask(self, epoch: int) -> np.ndarray | None:
+        return self.epochs.get(epoch)
+
+    def add(self, epoch: int, samples: Iterable[tuple[int, int]]) -> None:
+        """Mark ``(shard, member)`` pairs of ``epoch`` delivered."""
+        mask = self.epochs.get(epoch)
+        if mask is None:
+            mask = self.epochs[epoch] = np.zeros(int(self.offsets[-1]), dtype=bool)
+        for shard, member in samples:
+            mask[self.offsets[shard] + member] = True
+
+    def merge(self, other: DeliveredSamples) -> None:
+        for epoch, mask in other.epochs.items():
+            mine = self.epochs.get(epoch)
+            self.epochs[epoch] = mask.copy() if mine is None else mine | mask
+
+    def drop_complete(self, table: Sequence[ShardEntry], domains: Iterable[str], first: int) -> int:
+        """Forget the epochs before ``first`` and those after it whose every sample of ``domains`` is
+        delivered; returns the first epoch that is not complete (the epoch a new layout starts in)."""
+        wanted = np.zeros(int(self.offsets[-1]), dtype=bool)
+        domains = set(domains)
+        for shard, entry in enumerate(table):
+            if entry.domain in domains:
+                wanted[self.offsets[shard] : self.offsets[shard + 1]] = True
+        for epoch in [e for e in self.epochs if e < first]:
+            del self.epochs[epoch]
+        epoch = first
+        while epoch in self.epochs and bool(self.epochs[epoch][wanted].all()):
+            del self.epochs[epoch]
+            epoch += 1
+        return epoch
+
+    def to_state(self) -> dict[str, str]:
+        """JSON-able: epoch → base64 of the packed mask."""
+        return {str(e): base64.b64encode(np.packbits(m).tobytes()).decode() for e, m in self.epochs.items()}
+
+    def load_state(self, state: Mapping[str, str]) -> None:
+        n = int(self.offsets[-1])
+        self.epochs = {
+            int(e): np.unpackbits(np.frombuffer(base64.b64decode(b), dtype=np.uint8), count=n).astype(bool)
+            for e, b in state.items()
+        }
 
 
 def load_shard_table(corpora: list[str], split: str, *, source: str | None = None) -> list[ShardEntry]:
@@ -96,26 +163,36 @@ def splits_by_shard(table: list[ShardEntry], domain: str, slots: int) -> bool:
 
 
 def shard_reads_in_epoch(
-    table: list[ShardEntry], domain: str, epoch: int, seed: int, slot: ReaderSlot, first_seq: int = 0
+    table: list[ShardEntry],
+    domain: str,
+    epoch: int,
+    seed: int,
+    slot: ReaderSlot,
+    first_seq: int = 0,
+    delivered: DeliveredSamples | None = None,
 ) -> list[ShardRead]:
-    """The slot's share of one domain in one epoch (see the module docstring)."""
+    """The slot's share of one domain in one epoch (see the module docstring), without the samples
+    ``delivered`` marks for that epoch."""
     shards = [i for i, entry in enumerate(table) if entry.domain == domain]
     order = [shards[i] for i in _rng(seed, _SHARD_ORDER, _word(domain), epoch).permutation(len(shards))]
+    if splits_by_shard(table, domain, slot.count):
+        shares = [(shard, range(table[shard].num_samples)) for shard in order[slot.index :: slot.count]]
+    else:
+        shares, running = [], 0
+        for shard in order:
+            n = table[shard].num_samples
+            shares.append((shard, range((slot.index - running) % slot.count, n, slot.count)))
+            running += n
+    mask = None if delivered is None else delivered.mask(epoch)
     reads = []
     seq = first_seq
-    if splits_by_shard(table, domain, slot.count):
-        for shard in order[slot.index :: slot.count]:
-            reads.append(ShardRead(shard, range(table[shard].num_samples), seq))
-            seq += table[shard].num_samples
-        return reads
-    running = 0
-    for shard in order:
-        n = table[shard].num_samples
-        members = range((slot.index - running) % slot.count, n, slot.count)
+    for shard, members in shares:
+        if mask is not None:
+            start = int(delivered.offsets[shard])
+            members = tuple(m for m in members if not mask[start + m])
         if len(members):
             reads.append(ShardRead(shard, members, seq))
             seq += len(members)
-        running += n
     return reads
 
 
@@ -139,8 +216,10 @@ class SamplePlan:
         shuffle_buffer: int,
         max_atoms: int,
         max_structures: int | None,
+        delivered: DeliveredSamples | None = None,
     ) -> None:
         self.table = table
+        self.delivered = delivered
         self.probabilities = {d: p for d, p in probabilities.items() if p > 0}
         self.slot, self.epoch, self.repeat, self.seed = slot, epoch, repeat, seed
         self.shuffle_buffer, self.max_atoms, self.max_structures = shuffle_buffer, max_atoms, max_structures
@@ -149,23 +228,33 @@ class SamplePlan:
 
     def reads(self, domain: str) -> Iterator[ShardRead]:
         """The slot's shard reads of ``domain``, epoch after epoch with ``repeat`` (ends if its share is empty)."""
+        return (read for _, read in self.epoch_reads(domain))
+
+    def epoch_reads(self, domain: str) -> Iterator[tuple[int, ShardRead]]:
+        """(epoch, shard read) pairs of :meth:`reads`; samples delivered under an earlier layout are left out."""
         epochs = itertools.count(self.epoch) if self.repeat else [self.epoch]
         seq = 0
         for epoch in epochs:
             reads = shard_reads_in_epoch(self.table, domain, epoch, self.seed, self.slot, seq)
             if not reads:
                 return
-            yield from reads
-            seq = reads[-1].first_seq + len(reads[-1].members)
+            if self.delivered is not None and self.delivered.mask(epoch) is not None:
+                reads = shard_reads_in_epoch(
+                    self.table, domain, epoch, self.seed, self.slot, seq, self.delivered
+                )
+            for read in reads:
+                yield epoch, read
+            if reads:
+                seq = reads[-1].first_seq + len(reads[-1].members)
 
     def _refs(self, domain: str) -> Iterator[SampleRef]:
         outstanding = self.outstanding[domain]
-        for read in self.reads(domain):
+        for epoch, read in self.epoch_reads(domain):
             natoms = self.table[read.shard].natoms()
             for seq, member in enumerate(read.members, start=read.first_seq):
                 outstanding.add(seq)
                 self.cursor[domain] = seq + 1
-                yield SampleRef(domain, seq, read.shard, member, natoms[member])
+                yield SampleRef(domain, seq, read.shard, member, natoms[member], epoch)
 
     def __iter__(self) -> Iterator[list[SampleRef]]:
         streams = {

@@ -52,6 +52,7 @@ BEST_FILE = "best.json"  # in <run>/checkpoints/: which checkpoint scored best i
 CHECKSUMS_FILE = "checksums.json"
 CHECKSUMS_FORMAT = "atomfm-checksums"
 DAMAGED_PREFIX = "damaged-"  # a damaged checkpoint moved aside by a resume (not a step_* folder any more)
+UNIVERSAL_PREFIX = ".universal-"  # DeepSpeed's universal form of a checkpoint, while a resume reshards it
 
 
 def rank_file(rank: int) -> str:
@@ -177,6 +178,12 @@ def newest_intact_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, l
             return folder, skipped
         skipped.append((folder, problems))
     return None, skipped
+
+
+def universal_checkpoint_dir(run_dir: str | os.PathLike, checkpoint: Path) -> Path:
+    """Where a resume on another world size writes ``checkpoint``'s DeepSpeed state in DeepSpeed's universal
+    form (``ds_to_universal``): beside the run's checkpoints, never listed as one, removed once loaded."""
+    return checkpoints_root(run_dir) / f"{UNIVERSAL_PREFIX}{checkpoint.name}"
 
 
 def checkpoints_root(run_dir: str | os.PathLike) -> Path:

@@ -26,6 +26,7 @@ from model.checkpoint_layout import (
     list_checkpoints,
     load_torch_file,
     newest_intact_checkpoint,
+    universal_checkpoint_dir,
     write_checksums,
 )
 from train.config import TrainConfig, save_resolved_config
@@ -116,16 +117,18 @@ class CheckpointManager:
     def load(
         self, path: Path, *, engine: TrainEngine, ema: ParameterEMA | None, stream: Any, tasks: list[Task]
     ) -> dict[str, Any]:
-        """Restore this rank's share of checkpoint ``path``; returns the trainer state (step counters)."""
+        """Restore this rank's share of checkpoint ``path``; returns the trainer state (step counters).
+
+        A checkpoint written by another number of processes is resharded (:meth:`_load_resharded`)."""
         files = CheckpointFolder(path)
         state = json.loads(files.trainer_state.read_text())
-        if state["world_size"] != self.ctx.world_size:
-            raise BadInputError(
-                f"checkpoint was written by {state['world_size']} processes, this run has {self.ctx.world_size}; "
-                "resume with the same number of processes (each rank's stream position and ZeRO shards are saved)",
-                path=str(path),
-            )
-        engine.load(path)
+        saved_world = int(state["world_size"])
+        if saved_world != self.ctx.world_size:
+            self._load_resharded(path, saved_world, engine=engine, ema=ema, stream=stream, tasks=tasks)
+            return state
+        engine.load(
+            path, saved_world_size=saved_world, scratch=universal_checkpoint_dir(self.root.parent, path)
+        )
         own = load_torch_file(files.rank(self.ctx.rank), weights_only=False)
         stream.load_state_dict(own["stream"])
         for task in tasks:
@@ -135,6 +138,59 @@ class CheckpointManager:
             ema.load_state_dict(own["ema"] if ema.partitioned else load_torch_file(files.ema))
         restore_rng_states(own["rng"])
         return state
+
+    def _load_resharded(
+        self,
+        path: Path,
+        saved_world: int,
+        *,
+        engine: TrainEngine,
+        ema: ParameterEMA | None,
+        stream: Any,
+        tasks: list[Task],
+    ) -> None:
+        """Resume a checkpoint of ``saved_world`` processes on this run's number: the engine reshards weights
+        and optimiser state (DeepSpeed's universal checkpoint; DDP's are replicated), the EMA is joined and
+        partitioned again, and the stream gives this rank its share of what the epoch has not delivered.
+        Ranks the checkpoint had keep their RNG and task state (the contrast queue); new ranks start theirs."""
+        files = CheckpointFolder(path)
+        ranks = files.rank_files()
+        if len(ranks) != saved_world:
+            raise BadInputError(
+                f"holds {len(ranks)} rank files, but trainer_state.json says {saved_world} processes wrote it",
+                path=str(path),
+            )
+        if self.ctx.is_main:
+            print(
+                f"resume: {path.name} was written by {saved_world} processes, this run has "
+                f"{self.ctx.world_size}: resharding weights, optimiser state, EMA and the stream",
+                flush=True,
+            )
+        engine.load(
+            path, saved_world_size=saved_world, scratch=universal_checkpoint_dir(self.root.parent, path)
+        )
+        saved = [load_torch_file(files.rank(r), weights_only=False) for r in range(saved_world)]
+        try:
+            stream.load_resharded([s["stream"] for s in saved])
+        except ValueError as err:
+            raise BadInputError(str(err), path=str(path), field="data") from None
+        own = saved[self.ctx.rank] if self.ctx.rank < saved_world else None
+        for task in tasks:
+            if own is not None and task.name in own["tasks"]:
+                task.load_state_dict(own["tasks"][task.name])
+        if ema is not None:
+            if ema.partitioned:
+                states = [s["ema"] for s in saved]
+            else:
+                states = [load_torch_file(files.ema)]
+            ema.load_consolidated(
+                consolidate_partitions(states),
+                decay=states[0]["decay"],
+                num_updates=states[0]["num_updates"],
+                rank=self.ctx.rank,
+            )
+        if own is not None:
+            restore_rng_states(own["rng"])
 
 
 def intact_resume_point(run_dir: Path, ctx: DistContext) -> Path | None:

@@ -158,6 +158,8 @@ class DebugConfig:
 
     poison_loss_at_step: int | None = None  # make rank 0's loss NaN at this step (tests the non-finite skip)
     dump_gradients_at_step: int | None = None  # write the reduced gradients of this step to the run folder
+    # append every delivered batch's sample keys (with step and stream epoch) to sample_keys/rank_NNNNN.jsonl
+    log_sample_keys: bool = False
 
 
 @dataclass(kw_only=True)

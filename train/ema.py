@@ -70,6 +70,25 @@ class ParameterEMA:
         self.decay = float(state["decay"])
         self.num_updates = int(state["num_updates"])
 
+    def load_consolidated(
+        self, full: dict[str, torch.Tensor], *, decay: float, num_updates: int, rank: int
+    ) -> None:
+        """Take full EMA tensors (:func:`consolidate_partitions`, from a run on any number of processes):
+        under ZeRO-3 this rank keeps its partition, elements ``[rank * p, (rank + 1) * p)`` zero-padded."""
+        missing = set(self.shadow) ^ set(full)
+        if missing:
+            raise ValueError(f"EMA state does not match the model: parameters {sorted(missing)[:5]} differ")
+        for name, value in full.items():
+            local = self.shadow[name]
+            if not self.partitioned:
+                local.copy_(value)
+                continue
+            flat = value.reshape(-1)[rank * local.numel() : (rank + 1) * local.numel()]
+            local.zero_()
+            local[: flat.numel()].copy_(flat)
+        self.decay = float(decay)
+        self.num_updates = int(num_updates)
+
 
 def consolidate_partitions(rank_states: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Full fp32 EMA tensors from the states of all ranks (one state if it was not partitioned)."""

@@ -62,6 +62,7 @@ from train.tasks import CorruptionState, Task, build_tasks
 from train.validation import Validator
 
 GRADIENTS_FILE = "gradients_step_{step}.pt"
+SAMPLE_KEYS_FILE = "sample_keys/rank_{rank:05d}.jsonl"  # debug.log_sample_keys
 STOP_FILE = "STOP"  # created by a user or a job script: checkpoint at the next step and stop
 RUN_LOCK = ".train.lock"  # held by rank 0 while a run writes its folder
 
@@ -380,6 +381,8 @@ class Trainer:
         while st.step < cfg.run.max_steps:
             with self._waiting_for_data():
                 batch = next(batches)
+            if cfg.debug.log_sample_keys:
+                self._log_sample_keys(batch)
             self._cover(batch)
             batch = batch.to(ctx.device)
             if self.pseudo_labels is not None:
@@ -521,6 +524,15 @@ class Trainer:
         )
         self._last_saved = path
         return path
+
+    def _log_sample_keys(self, batch: AtomBatch) -> None:
+        """Debug: which structures this rank was given, at which step and stream epoch (checks of the stream
+        across resumes and world sizes)."""
+        path = self.cfg.run_dir / SAMPLE_KEYS_FILE.format(rank=self.ctx.rank)
+        path.parent.mkdir(exist_ok=True)
+        record = {"step": self.state.step, "epoch": self.stream.epoch, "world_size": self.ctx.world_size}
+        with open(path, "a") as handle:
+            handle.write(json.dumps({**record, "keys": list(batch.key)}) + "\n")
 
     def _dump_gradients(self) -> None:
         """Debug: write this step's reduced gradients (rank 0) for comparison across process counts."""

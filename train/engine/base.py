@@ -40,7 +40,10 @@ class TrainEngine(Protocol):
     def save(self, directory: Path) -> None:
         """Write model, optimiser and scheduler state into ``directory`` (collective)."""
 
-    def load(self, directory: Path) -> None: ...
+    def load(self, directory: Path, *, saved_world_size: int, scratch: Path) -> None:
+        """Restore what :meth:`save` wrote (collective), also when ``saved_world_size`` processes wrote it and
+        this run has another number: then ``scratch`` (a folder on storage every rank sees) may hold the state
+        resharded for this world size while it loads."""
 
 
 def parameter_groups(

@@ -100,7 +100,8 @@ class DDPEngine:
                 CheckpointFolder(directory).ddp,
             )
 
-    def load(self, directory: Path) -> None:
+    def load(self, directory: Path, *, saved_world_size: int, scratch: Path) -> None:
+        """DDP state is replicated: any world size loads it as it is."""
         saved = load_torch_file(CheckpointFolder(directory).ddp, map_location=self.ctx.device)
         self.module.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])

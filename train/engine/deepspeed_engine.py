@@ -8,7 +8,12 @@ in fp32, where a bf16 copy of the weights would round them to whole eV.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import os
+import shutil
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from data_pipeline.batch import AtomBatch
-from model.checkpoint_layout import DEEPSPEED_TAG, CheckpointFolder
+from data_pipeline.schema import BadInputError
+from model.checkpoint_layout import DEEPSPEED_TAG, CheckpointFolder, load_torch_file
 from train.config import TrainConfig
 from train.engine.base import global_grad_norm, parameter_groups
 from train.engine.distributed import DistContext
@@ -122,10 +128,72 @@ class DeepSpeedEngine:
     def save(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(CheckpointFolder(directory).deepspeed), tag=DEEPSPEED_TAG)
 
-    def load(self, directory: Path) -> None:
+    def load(self, directory: Path, *, saved_world_size: int, scratch: Path) -> None:
+        """DeepSpeed's own load; a ZeRO 1–3 checkpoint of another world size goes through DeepSpeed's
+        universal checkpoint: rank 0 converts it (``ds_to_universal``: per-parameter fp32 weights and Adam
+        moments) into ``scratch``, every rank loads its new partition from there, and ``scratch`` is removed.
+        ZeRO-0 state is replicated and loads as it is."""
         ds_dir = CheckpointFolder(directory).deepspeed
+        if saved_world_size == self.ctx.world_size or self.stage == 0:
+            self._load(ds_dir)
+            return
+        if self.ctx.is_main:
+            to_universal(ds_dir, scratch)
+        self.ctx.barrier()
+        config = self.engine._config
+        config.load_universal_checkpoint = True
+        try:
+            self._load(scratch)
+        finally:
+            config.load_universal_checkpoint = False
+        self._load_buffers(ds_dir / DEEPSPEED_TAG)
+        self.ctx.barrier()
+        if self.ctx.is_main:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _load_buffers(self, tag_dir: Path) -> None:
+        """The module's persistent buffers (the reference energies), which a universal checkpoint leaves out:
+        from the module file DeepSpeed wrote (ZeRO-1/2: ``mp_rank_00_model_states.pt``; ZeRO-3: rank 0's)."""
+        names = set(self.module.state_dict()) - {name for name, _ in self.module.named_parameters()}
+        if not names:
+            return
+        (states, *_) = sorted(tag_dir.glob("*model_states.pt"))
+        saved = load_torch_file(states, weights_only=False)["module"]  # DeepSpeed's file holds its objects
+        with torch.no_grad():
+            for name, buffer in self.module.named_buffers():
+                if name in names and name in saved:
+                    buffer.copy_(saved[name])
+
+    def _load(self, ds_dir: Path) -> None:
         path, _ = self.engine.load_checkpoint(
             str(ds_dir), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed state in {ds_dir}")
+
+
+def to_universal(ds_dir: Path, out: Path) -> None:
+    """DeepSpeed's universal checkpoint of ``ds_dir`` (tag ``state``) in ``out`` (replaced), its output quiet."""
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    shutil.rmtree(out, ignore_errors=True)
+    args = Namespace(
+        input_folder=str(ds_dir / DEEPSPEED_TAG),
+        output_folder=str(out / DEEPSPEED_TAG),
+        num_extract_workers=max(1, min(4, os.cpu_count() or 1)),
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            ds_to_universal(args)
+    except Exception as err:  # DeepSpeed raises many types on a checkpoint it cannot convert
+        shutil.rmtree(out, ignore_errors=True)
+        raise BadInputError(
+            f"cannot convert the ZeRO state to DeepSpeed's universal checkpoint for a resume on another world "
+            f"size ({type(err).__name__}: {err}); resume with the number of processes that wrote it",
+            path=str(ds_dir),
+        ) from None
