@@ -26,7 +26,9 @@ of each GPU is left for the CUDA context, NCCL and DeepSpeed's communication buc
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -132,26 +134,26 @@ def deepspeed_estimate(
     parameters: int, largest_layer: int, stage: int, gpus_per_node: int, nodes: int = 1
 ) -> int | None:
     """GPU bytes from DeepSpeed's own estimator for ``stage`` (no offload); None for stages 0 and 1."""
-    if stage == 2:
+    if stage not in (2, 3):
+        return None
+    # Importing DeepSpeed logs its accelerator choice to stdout, which must stay the plan's (--json).
+    with contextlib.redirect_stdout(sys.stderr):
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-
+    if stage == 2:
         _, gpu = estimate_zero2_model_states_mem_needs(
             parameters, num_gpus_per_node=gpus_per_node, num_nodes=nodes, cpu_offload=False
         )
         return gpu
-    if stage == 3:
-        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-
-        _, gpu, _ = estimate_zero3_model_states_mem_needs(
-            parameters,
-            largest_layer,
-            num_gpus_per_node=gpus_per_node,
-            num_nodes=nodes,
-            cpu_offload=False,
-            cpu_offload_params=False,
-        )
-        return gpu
-    return None
+    _, gpu, _ = estimate_zero3_model_states_mem_needs(
+        parameters,
+        largest_layer,
+        num_gpus_per_node=gpus_per_node,
+        num_nodes=nodes,
+        cpu_offload=False,
+        cpu_offload_params=False,
+    )
+    return gpu
 
 
 @dataclass

@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from launch.cli import main as atomfm  # noqa: E402
-from launch.memory_plan import model_states, parse_memory  # noqa: E402
+from launch.memory_plan import ModelSize, model_states, parse_memory, plan_memory  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -54,10 +54,10 @@ def test_model_states_differ_from_deepspeeds_estimators_by_the_fp32_weights_alon
 
 
 def test_plan_for_xl_on_eight_80gb_gpus(capsys):
+    assert atomfm(["plan", "--model", "xl", "--gpus", "8", "--gpu-memory", "80GB", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)  # stdout is the JSON alone (DeepSpeed's import logs to stderr)
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-    assert atomfm(["plan", "--model", "xl", "--gpus", "8", "--gpu-memory", "80GB", "--json"]) == 0
-    plan = json.loads(capsys.readouterr().out)
     parameters = plan["model"]["parameters"]
     assert 1.5e9 < parameters < 1.6e9
     assert plan["gpu_memory_bytes"] == 80 * 2**30
@@ -73,15 +73,15 @@ def test_plan_for_xl_on_eight_80gb_gpus(capsys):
         and "model.activation_checkpointing=true" in plan["overrides"]
     )
     # conservative forces rule ZeRO-3 out (double backward) and hold far fewer atoms
-    assert (
-        atomfm(["plan", "--model", "xl", "--gpus", "8", "--gpu-memory", "80GB", "--conservative", "--json"])
-        == 0
-    )
-    conservative = json.loads(capsys.readouterr().out)
-    assert conservative["recommended"]["zero_stage"] < 3 and not conservative["fits_target"]
-    # one 16 GB GPU cannot hold xl's 23 GiB of model states at all
-    assert atomfm(["plan", "--model", "xl", "--gpus", "1", "--gpu-memory", "16GB"]) == 1
-    assert "xl does not fit" in capsys.readouterr().err
+    xl = ModelSize(**plan["model"])
+    conservative = plan_memory(xl, gpus_per_node=8, gpu_memory_bytes=80 * 2**30, conservative=True)
+    assert conservative.recommended.zero_stage < 3 and not conservative.fits_target
+    assert conservative.recommended.max_atoms < options[(2, False)]
+
+
+def test_plan_of_a_model_that_does_not_fit_exits_1(capsys):
+    assert atomfm(["plan", "--model", "small", "--gpus", "1", "--gpu-memory", "200MiB"]) == 1
+    assert "small does not fit" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
