@@ -58,6 +58,13 @@ class SlurmJob:
             raise ValueError(f"--job-name {self.job_name!r}: use letters, digits, '.', '_' and '-'")
         if self.max_restarts < 0 or self.signal_seconds < 1 or not 1 <= self.port <= 65535:
             raise ValueError("--max-restarts must be >= 0, --signal-seconds >= 1, --port in 1..65535")
+        for flag, value in (("--partition", self.partition), ("--account", self.account)):
+            if value is not None and not JOB_NAME.match(value.replace(",", "")):
+                raise ValueError(
+                    f"{flag} {value!r}: use letters, digits, '.', '_', '-' (and ',' between names)"
+                )
+        if self.cpus_per_task is not None and self.cpus_per_task < 1:
+            raise ValueError("--cpus-per-task must be at least 1")
         for name in self.env:
             if not ENV_NAME.match(name):
                 raise ValueError(f"--env {name!r} is not an environment variable name")

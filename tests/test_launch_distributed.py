@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,16 +37,27 @@ SECTIONS = dict(
 )
 
 
-def start_nodes(commands: list[list[str]], logs: Path, timeout: float = 300) -> None:
-    """Start one command per simulated node; every one must exit 0."""
+def start_nodes(commands: list[list[str]], logs: Path, timeout: float = 900) -> None:
+    """Start one command per simulated node; every one must exit 0. Whatever is left at a failure (a launcher
+    and its training processes) is killed, its process group at a time."""
     nodes = []
-    for node, command in enumerate(commands):
-        log = open(logs / f"node{node}.log", "w")
-        nodes.append((subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=log, stderr=log), log))
-    for proc, log in nodes:
-        code = proc.wait(timeout=timeout)
-        log.close()
-        assert code == 0, f"{' '.join(proc.args)} exited {code}\n" + Path(log.name).read_text()[-3000:]
+    try:
+        for node, command in enumerate(commands):
+            log = open(logs / f"node{node}.log", "w")
+            proc = subprocess.Popen(
+                command, cwd=ROOT, env=environment(), stdout=log, stderr=log, start_new_session=True
+            )
+            nodes.append((proc, log))
+        deadline = time.monotonic() + timeout
+        for proc, log in nodes:
+            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            assert code == 0, f"{' '.join(proc.args)} exited {code}\n" + Path(log.name).read_text()[-3000:]
+    finally:
+        for proc, log in nodes:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            log.close()
 
 
 def deepspeed_hostfile_nodes(hostfile: Path, config: Path) -> list[list[str]]:
