@@ -1,8 +1,10 @@
 """The largest structure a model fits in a memory budget: bisection on the number of copies of a replicated
 structure, each probe one step of one mode in its own process under that budget (``memory_guard``).
 
-A probe fits when its step finishes; it does not when the step runs out of memory (the child's capped
-address space) or the parent kills it for resident memory past the budget. From the probes' peak resident
+A probe fits when its step finishes with a peak resident set within the budget; it does not when the step
+runs out of memory (the child's capped address space), finishes above the budget (the cap is on address
+space, which memory reserved before the cap was set can outgrow), or the parent kills it for resident
+memory past the budget. From the probes' peak resident
 memory against their atom counts a straight line gives the atoms that another budget would hold
 (``extrapolate``): that is how a budget larger than the machine in use (``--memory 16GB`` on a shared
 24 GB machine) is answered, marked as extrapolated.
@@ -37,20 +39,27 @@ def probe(
         )
         result = json.loads(out.read_text()) if out.is_file() else {}
     mode = result.get("modes", {}).get(spec["modes"][0], {})
-    fits = "seconds" in mode
+    peak = max(mode.get("peak_rss_bytes", 0), outcome.peak_rss_bytes)
+    finished = "seconds" in mode
+    memory_verdict = (
+        finished or mode.get("out_of_memory") or result.get("out_of_memory") or outcome.killed_over_limit
+    )
+    if finished and peak <= limit_bytes:
+        ended = "finished"
+    elif memory_verdict:
+        ended = "out of memory" if not finished else f"finished over the budget (peak {peak / 2**30:.2f} GiB)"
+    elif outcome.signal == "SIGKILL":
+        ended = f"timed out after {timeout_s:.0f} s"
+    else:
+        ended = result.get("error") or mode.get("error") or f"exit {outcome.returncode}"
     return {
         "copies": copies,
         "atoms": result.get("atoms"),
-        "fits": fits,
-        "peak_rss_bytes": max(mode.get("peak_rss_bytes", 0), outcome.peak_rss_bytes),
+        "fits": ended == "finished",
+        "over_budget": bool(memory_verdict) and ended != "finished",
+        "peak_rss_bytes": peak,
         "seconds": mode.get("seconds"),
-        "ended": "finished"
-        if fits
-        else "out of memory"
-        if mode.get("out_of_memory") or result.get("out_of_memory") or outcome.killed_over_limit
-        else f"timed out after {timeout_s:.0f} s"
-        if outcome.signal == "SIGKILL"
-        else result.get("error") or mode.get("error") or f"exit {outcome.returncode}",
+        "ended": ended,
     }
 
 
@@ -76,7 +85,7 @@ def largest_fit(
         log(result)
         if result["fits"]:
             fits = max(fits, copies)
-        elif result["ended"] == "out of memory":
+        elif result["over_budget"]:
             fails = copies if fails is None else min(fails, copies)
         else:
             break  # not a memory verdict (too slow, an error): stop, report what is known
