@@ -74,6 +74,7 @@ BAD_OVERRIDES = {
     "validation_metric_unknown": ("validation.metric=val/all/accuracy", "validation.metric"),
     "max_time_negative": ("run.max_time_s=-5", "run.max_time_s"),
     "stop_wait_zero": ("run.stop_wait_s=0", "run.stop_wait_s"),
+    "timeout_negative": ("distributed.collective_timeout_s=-1", "distributed.collective_timeout_s"),
 }
 
 

@@ -9,8 +9,13 @@ worker that resumes a checkpoint, writes the engine state it loaded to SAVE, the
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -38,15 +43,17 @@ def corpus(tmp_path_factory) -> tuple[Path, list[str]]:
     return folder, [s.key for s in structures]
 
 
-def elastic_config(corpus: Path, out: Path, engine: str = "deepspeed", **run) -> Path:
+def elastic_config(
+    corpus: Path, out: Path, engine: str = "deepspeed", debug: dict | None = None, **run
+) -> Path:
     """A tiny run of ``engine`` (DeepSpeed: ZeRO-2) that logs the sample keys it is given."""
     path = train_config(
         corpus,
         out,
-        run={"max_steps": 6, "checkpoint_every": 2, "keep_last": 5, **run},
+        run={"max_steps": 7, "checkpoint_every": 2, "keep_last": 5, **run},
         data={"repeat": False},
         optim={"lr": 2e-3, "warmup_steps": 1, "ema_decay": 0.9},
-        debug={"log_sample_keys": True},
+        debug={"log_sample_keys": True, **(debug or {})},
     )
     cfg = yaml.safe_load(path.read_text()) | {"engine": engine, "deepspeed": {"zero_stage": 2}}
     path.write_text(yaml.safe_dump(cfg))
@@ -123,23 +130,28 @@ def sample_keys(run_dir: Path, before_step: int | None = None) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def resharded(corpus, tmp_path_factory) -> dict:
-    """2 ranks for steps 1–2 (and on to 6, uninterrupted); 1 rank from its step 2 to 4; 2 ranks from that
-    step 4 to 6."""
+    """2 ranks for steps 1–2 (and on to 7, uninterrupted, with non-finite gradients at step 3); 1 rank from
+    its step 2 to 5; 2 ranks from that step 5 to 7."""
     folder, keys = corpus
     base = tmp_path_factory.mktemp("resharded")
     runs = {name: base / name for name in ("two", "one", "two_again")}
-    configs = {name: elastic_config(folder, out) for name, out in runs.items()}
-    configs["one"] = elastic_config(folder, runs["one"], max_steps=4)
-    launch(torchrun(2, "-m", "launch.cli", "train", "--config", str(configs["two"])), base / "two.log")
-    worker = [str(Path(__file__).resolve()), "resume-and-save"]
-    from_two = runs["two"] / "checkpoints" / "step_00000002"
+    configs = {
+        "two": elastic_config(folder, runs["two"], debug={"poison_gradients_at_step": 3}),
+        "one": elastic_config(folder, runs["one"], max_steps=5),
+        "two_again": elastic_config(folder, runs["two_again"]),
+    }
     output = {
-        "one": launch(
-            [sys.executable, *worker, str(configs["one"]), str(from_two), str(base / "loaded_one")],
-            base / "one.log",
+        "two": launch(
+            torchrun(2, "-m", "launch.cli", "train", "--config", str(configs["two"])), base / "two.log"
         )
     }
-    from_one = runs["one"] / "checkpoints" / "step_00000004"
+    worker = [str(Path(__file__).resolve()), "resume-and-save"]
+    from_two = runs["two"] / "checkpoints" / "step_00000002"
+    output["one"] = launch(
+        [sys.executable, *worker, str(configs["one"]), str(from_two), str(base / "loaded_one")],
+        base / "one.log",
+    )
+    from_one = runs["one"] / "checkpoints" / "step_00000005"
     output["two_again"] = launch(
         torchrun(2, *worker, str(configs["two_again"]), str(from_one), str(base / "loaded_two")),
         base / "two_again.log",
@@ -162,7 +174,7 @@ def test_every_sample_of_an_epoch_is_delivered_once_across_two_changes_of_world_
         sample_keys(runs["two_again"]),
     ]
     assert [{r["world_size"] for r in s} for s in segments] == [{2}, {1}, {2}]
-    assert {r["step"] for r in segments[1]} == {2, 3} and {r["step"] for r in segments[2]} == {4, 5}
+    assert {r["step"] for r in segments[1]} == {2, 3, 4} and {r["step"] for r in segments[2]} == {5, 6}
     by_epoch: dict[int, Counter] = defaultdict(Counter)
     spans: dict[int, set[int]] = defaultdict(set)
     for index, segment in enumerate(segments):
@@ -174,7 +186,8 @@ def test_every_sample_of_an_epoch_is_delivered_once_across_two_changes_of_world_
     for epoch in complete:
         assert by_epoch[epoch] == Counter(keys), f"epoch {epoch}: a sample lost or delivered twice"
     assert max(by_epoch[last].values()) == 1, f"epoch {last}: a sample delivered twice"
-    assert any(len(s) > 1 for s in spans.values()), "no change of world size fell inside an epoch"
+    # both changes fall inside an epoch: 2 → 1 inside epoch 0, 1 → 2 inside epoch 1
+    assert spans[0] == {0, 1} and spans[1] == {1, 2}, dict(spans)
 
 
 def test_weights_and_adam_moments_are_resharded_exactly(resharded):
@@ -231,13 +244,195 @@ def test_the_step_counter_schedule_and_loss_curve_continue_across_the_changes(re
     reference = {r["step"]: r for r in read_metrics(runs["two"])}
     one = {r["step"]: r for r in read_metrics(runs["one"])}
     two_again = {r["step"]: r for r in read_metrics(runs["two_again"])}
-    assert sorted(one) == [3, 4] and sorted(two_again) == [5, 6]
+    assert sorted(one) == [3, 4, 5] and sorted(two_again) == [6, 7]
     for step, record in (one | two_again).items():
         assert record["lr"] == pytest.approx(reference[step]["lr"], rel=1e-12), step
     assert one[3]["loss"] == pytest.approx(first_loss_after_resume(configs["one"], from_two, 1), rel=1e-5)
-    assert two_again[5]["loss"] == pytest.approx(
+    assert two_again[6]["loss"] == pytest.approx(
         first_loss_after_resume(configs["two_again"], from_one, 2), rel=1e-5
     )
+
+
+def test_nonfinite_gradients_skip_the_zero2_step_on_every_rank(resharded):
+    """Rank 0's gradients of step 3 are NaN (its loss is finite): DeepSpeed's global gradient norm says so on
+    both ranks, both skip the update, and step 3 is made again from the next batches."""
+    assert (
+        "step 3: non-finite gradients (in the global gradient norm), the optimiser step is skipped on every rank"
+        in resharded["output"]["two"]
+    )
+    state = json.loads(
+        (resharded["runs"]["two"] / "checkpoints" / "step_00000004" / "trainer_state.json").read_text()
+    )
+    assert state["step"] == 4 and state["nonfinite_skipped"] == 1
+    assert all(
+        math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"])
+        for r in read_metrics(resharded["runs"]["two"])
+    )
+
+
+def worker_pids(agent: int) -> dict[int, int]:
+    """rank → pid of the training processes a torchrun agent started (Linux /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        ranks = [v[5:] for v in environ if v.startswith(b"RANK=")]
+        if ppid == agent and ranks:
+            found[int(ranks[0])] = int(entry.name)
+    return found
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 240, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert proc.poll() is None, f"the job ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(every)
+    return found
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=child_environment(ROOT),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def stop_by_signal(command: list[str], run_dir: Path, signum: int, rank: int, log: Path) -> str:
+    """Start the job, send ``signum`` to rank ``rank`` once it trains, and again while the checkpoint is being
+    written; returns the job's output after it exits 0."""
+    proc = start(command, log)
+    try:
+        before = len(logged_steps(run_dir))
+        wait_for(lambda: len(logged_steps(run_dir)) > before, proc, "a trained step")
+        pid = wait_for(lambda: worker_pids(proc.pid).get(rank), proc, f"rank {rank}'s process")
+        os.kill(pid, signum)
+        writing = run_dir / "checkpoints"
+        wait_for(lambda: list(writing.glob(".tmp-*")), proc, "a checkpoint being written", every=0.002)
+        os.kill(pid, signum)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        stop(proc)
+    return log.read_text()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_sigterm_and_sigusr1_each_stop_two_ranks_with_one_intact_checkpoint_and_a_rerun_resumes(
+    corpus, tmp_path
+):
+    """The signal reaches one rank; every rank saves one checkpoint at the next step and the job exits 0.
+    A second signal that arrives while the checkpoint is written changes nothing."""
+    from model.checkpoint_layout import checkpoint_damage, list_checkpoints
+
+    run_dir = tmp_path / "preempted"
+    config = elastic_config(corpus[0], run_dir, engine="ddp", max_steps=10_000, checkpoint_every=10_000)
+    command = torchrun(2, "-m", "launch.cli", "train", "--config", str(config))
+    first = stop_by_signal(command, run_dir, signal.SIGTERM, 1, tmp_path / "sigterm.log")
+    (saved,) = list_checkpoints(run_dir)
+    assert checkpoint_damage(saved) == [] and f"stop requested: saved {saved}" in first
+    second = stop_by_signal(command, run_dir, signal.SIGUSR1, 0, tmp_path / "sigusr1.log")
+    assert f"resumed from {saved} at step" in second
+    older, newer = list_checkpoints(run_dir)
+    assert older == saved and checkpoint_damage(newer) == [] and f"stop requested: saved {newer}" in second
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_rank_killed_mid_run_under_max_restarts_comes_back_from_the_latest_checkpoint(corpus, tmp_path):
+    """torchrun --max-restarts 1: rank 1 SIGKILLed while step 4's checkpoint is being written; both ranks
+    restart from the newest intact checkpoint (the half-written one is not listed), and the job finishes with
+    the final loss of a run resumed from that checkpoint without a fault."""
+    from model.checkpoint_layout import checkpoint_damage, list_checkpoints
+
+    run_dir = tmp_path / "elastic"
+    config = elastic_config(corpus[0], run_dir, engine="ddp", max_steps=8, keep_last=10)
+    command = torchrun(2, "--max-restarts=1", "-m", "launch.cli", "train", "--config", str(config))
+    proc = start(command, tmp_path / "elastic.log")
+    try:
+        rank1 = wait_for(lambda: worker_pids(proc.pid).get(1), proc, "rank 1's process")
+        writing = run_dir / "checkpoints" / ".tmp-step_00000004"
+        wait_for(writing.is_dir, proc, "step 4's checkpoint being written", every=0.002)
+        os.kill(rank1, signal.SIGKILL)
+        killed_at = max(logged_steps(run_dir))
+        assert proc.wait(timeout=300) == 0, (tmp_path / "elastic.log").read_text()[-3000:]
+    finally:
+        stop(proc)
+    output = (tmp_path / "elastic.log").read_text()
+    (resumed,) = re.findall(r"resumed from (\S+) at step (\d+)", output)
+    checkpoint, step = Path(resumed[0]), int(resumed[1])
+    # step 2's checkpoint (or step 4's, if its rename beat the kill): at most the steps since it are lost
+    assert checkpoint.name in ("step_00000002", "step_00000004") and step <= killed_at < 8, (step, killed_at)
+    saved = list_checkpoints(run_dir)
+    assert [p.name for p in saved][-1] == "step_00000008" and all(checkpoint_damage(p) == [] for p in saved)
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+    reference_dir = tmp_path / "reference"
+    reference = elastic_config(corpus[0], reference_dir, engine="ddp", max_steps=8, keep_last=10)
+    launch(
+        torchrun(2, "-m", "launch.cli", "train", "--config", str(reference), "--resume", str(checkpoint)),
+        tmp_path / "reference.log",
+    )
+    final = [r for r in read_metrics(run_dir) if r["step"] == 8]
+    assert final[-1]["loss"] == read_metrics(reference_dir)[-1]["loss"]
+
+
+def test_a_hung_rank_is_reported_within_the_collective_timeout_and_the_job_exits_non_zero(corpus, tmp_path):
+    run_dir = tmp_path / "hung"
+    config = elastic_config(corpus[0], run_dir, engine="ddp", max_steps=4)
+    raw = yaml.safe_load(config.read_text())
+    raw["distributed"] = {"collective_timeout_s": 5}
+    raw["debug"] |= {"hang_rank": 1, "hang_at_step": 1}
+    config.write_text(yaml.safe_dump(raw))
+    proc = start(torchrun(2, "-m", "launch.cli", "train", "--config", str(config)), tmp_path / "hung.log")
+    try:
+        wait_for(lambda: logged_steps(run_dir), proc, "step 1")
+        reached = time.monotonic()
+        code = proc.wait(timeout=120)
+        took = time.monotonic() - reached
+    finally:
+        stop(proc)
+    output = (tmp_path / "hung.log").read_text()
+    print(f"the hang was reported and the job exited {took:.1f} s after step 1 was logged")
+    assert code != 0 and took < 60, (code, took)
+    assert re.search(
+        r"rank 1 made no progress for \d+ s at step 1, in a sleep injected by debug.hang_rank", output
+    )
+    assert re.search(
+        r"rank 0 made no progress for \d+ s at step 1, in the forward pass and loss all-reduce", output
+    )
+    assert "Traceback" not in output.split("made no progress")[0]
+
+
+def test_nonfinite_gradients_on_one_rank_skip_the_step_on_every_rank(corpus, tmp_path):
+    run_dir = tmp_path / "nan_grads"
+    config = elastic_config(corpus[0], run_dir, engine="ddp", max_steps=3, checkpoint_every=3)
+    raw = yaml.safe_load(config.read_text())
+    raw["debug"] |= {"poison_gradients_at_step": 1}
+    config.write_text(yaml.safe_dump(raw))
+    output = launch(torchrun(2, "-m", "launch.cli", "train", "--config", str(config)), tmp_path / "nan.log")
+    assert (
+        "step 1: non-finite gradients (on rank 0, 1), the optimiser step is skipped on every rank" in output
+    )
+    state = json.loads((run_dir / "checkpoints" / "step_00000003" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["nonfinite_skipped"] == 1
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in read_metrics(run_dir))
 
 
 if __name__ == "__main__":

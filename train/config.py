@@ -138,8 +138,16 @@ class DeepSpeedSection:
 
 @dataclass
 class DistributedConfig:
+    """The process group, and how long a rank may wait in one phase of a step (a collective) before the run
+    calls it a hang (``train.watchdog``): that rank reports itself, the step and the phase, and exits."""
+
     backend: str = "auto"  # auto: nccl with CUDA, gloo otherwise
-    timeout_s: int = 1800
+    timeout_s: int = 1800  # the process group's own timeout (setup, rendezvous, collectives)
+    collective_timeout_s: float | None = None  # one phase of a step; None: 0.9 × timeout_s (reports first)
+
+    @property
+    def watchdog_s(self) -> float:
+        return self.collective_timeout_s if self.collective_timeout_s is not None else 0.9 * self.timeout_s
 
 
 @dataclass
@@ -160,6 +168,11 @@ class DebugConfig:
     dump_gradients_at_step: int | None = None  # write the reduced gradients of this step to the run folder
     # append every delivered batch's sample keys (with step and stream epoch) to sample_keys/rank_NNNNN.jsonl
     log_sample_keys: bool = False
+    # fault injection: rank ``hang_rank`` sleeps ``hang_s`` seconds in step ``hang_at_step`` (tests the watchdog)
+    hang_rank: int | None = None
+    hang_at_step: int | None = None
+    hang_s: float = 3600.0
+    poison_gradients_at_step: int | None = None  # rank 0's gradients of this step become NaN (loss finite)
 
 
 @dataclass(kw_only=True)
@@ -299,6 +312,13 @@ def check_config(cfg: TrainConfig, origin: ConfigOrigin) -> None:
     for key, value in positive.items():
         if value < 1:
             raise origin.error(key, f"must be at least 1, got {value}")
+    timeout = cfg.distributed.collective_timeout_s
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise origin.error(
+            "distributed.collective_timeout_s", f"must be a positive number of seconds or null, got {timeout}"
+        )
+    if cfg.distributed.timeout_s < 1:
+        raise origin.error("distributed.timeout_s", f"must be at least 1 s, got {cfg.distributed.timeout_s}")
     if not (math.isfinite(cfg.run.stop_wait_s) and cfg.run.stop_wait_s > 0):
         raise origin.error(
             "run.stop_wait_s", f"must be a positive number of seconds, got {cfg.run.stop_wait_s}"

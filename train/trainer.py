@@ -1,8 +1,11 @@
 """The training loop: stream → corrupt → forward → per-domain balanced losses → engine step → EMA, logs, checkpoints.
 
 One optimiser step takes ``optim.grad_accum_steps`` finite micro-batches. A micro-batch whose loss is
-non-finite on any rank is dropped by every rank (no backward; the next batch takes its place) and counted;
-``run.max_nonfinite_in_row`` of them in a row save a checkpoint and stop the run with a clear message.
+non-finite on any rank is dropped by every rank (no backward; the next batch takes its place) and counted; so
+is a step whose gradients are non-finite on any rank (every rank skips the update, and the step is made again);
+``run.max_nonfinite_in_row`` of them in a row save a checkpoint and stop the run with a clear message. Each phase
+of a step is timed (``train.watchdog``): a rank stuck in one past ``distributed.collective_timeout_s`` says so and
+exits.
 SIGUSR1 or SIGTERM to a training process, or a file ``<out_dir>/STOP`` (what the SLURM template creates before
 the time limit), saves a checkpoint at the next step and stops every rank.
 """
@@ -60,6 +63,7 @@ from train.run_setup import (
 )
 from train.tasks import CorruptionState, Task, build_tasks
 from train.validation import Validator
+from train.watchdog import StepWatchdog
 
 GRADIENTS_FILE = "gradients_step_{step}.pt"
 SAMPLE_KEYS_FILE = "sample_keys/rank_{rank:05d}.jsonl"  # debug.log_sample_keys
@@ -209,7 +213,9 @@ class Trainer:
             raise BadInputError(message)
 
     def close(self) -> None:
-        """Release the run folder's lock."""
+        """Release the run folder's lock; stop the watchdog."""
+        if getattr(self, "watchdog", None) is not None:
+            self.watchdog.close()
         self._lock.close()
 
     def _build(self, resume: str | None, use_wandb: bool) -> None:
@@ -222,6 +228,9 @@ class Trainer:
         self.time_up = False
         self.started = time.monotonic()
         self._last_saved: Path | None = None
+        self._poisoned = False  # debug.poison_gradients_at_step has fired
+        # what the latest non-finite skip was for: "loss" (a micro-batch) or "gradients" (a step)
+        self._nonfinite = "loss"
         resume_from = self._checkpoint_to_resume(resume)
 
         seed_everything(cfg.run.seed)
@@ -268,6 +277,7 @@ class Trainer:
                 missing_ok=True
             )  # a stale one, from a run killed before it stopped
         self.logger = RunLogger(cfg, is_main=ctx.is_main, start_step=self.state.step, use_wandb=use_wandb)
+        self.watchdog = StepWatchdog(cfg.distributed.watchdog_s if ctx.world_size > 1 else None, ctx.rank)
         if resume_from is not None:
             self.logger.message(f"resumed from {resume_from} at step {self.state.step}")
 
@@ -365,7 +375,8 @@ class Trainer:
         self.logger.close()
         if stopped_by == "nonfinite":
             raise NonFiniteLossError(
-                f"non-finite loss in {st.nonfinite_in_row} micro-batches in a row at step {st.step} (limit "
+                f"non-finite {self._nonfinite} in {st.nonfinite_in_row} "
+                f"{'micro-batches' if self._nonfinite == 'loss' else 'steps'} in a row at step {st.step} (limit "
                 f"run.max_nonfinite_in_row={self.cfg.run.max_nonfinite_in_row}); saved {self._last_saved}. "
                 "Lower optim.lr, check the corpus labels (atomfm data inspect), or raise the limit"
             )
@@ -388,37 +399,57 @@ class Trainer:
             if self.pseudo_labels is not None:
                 self.pseudo_labels(batch)
             poison = cfg.debug.poison_loss_at_step == st.step and ctx.is_main and micro_in_step == 0
-            loss = micro_batch_loss(
-                self.engine.forward,
-                batch,
-                self.tasks,
-                ctx,
-                seed=cfg.run.seed,
-                step=st.step,
-                micro=micro_in_step,
-                conservative=cfg.model.conservative_forces,
-                stop_requested=self.stop_requested(),
-                poison=poison,
-            )
+            self._injected_hang(st.step)
+            with self.watchdog.phase(
+                f"the forward pass and loss all-reduce of micro-batch {micro_in_step}", st.step
+            ):
+                loss = micro_batch_loss(
+                    self.engine.forward,
+                    batch,
+                    self.tasks,
+                    ctx,
+                    seed=cfg.run.seed,
+                    step=st.step,
+                    micro=micro_in_step,
+                    conservative=cfg.model.conservative_forces,
+                    stop_requested=self.stop_requested(),
+                    poison=poison,
+                )
             micro_in_step += 1
             if not loss.finite:
                 if self._skip_nonfinite(loss):
                     stopped_by = "nonfinite"
                     break
                 continue
-            st.nonfinite_in_row = 0
             boundary = self.engine.is_boundary
-            self.engine.backward(loss.total)
+            if (
+                boundary
+                and cfg.debug.poison_gradients_at_step == st.step
+                and ctx.is_main
+                and not self._poisoned
+            ):
+                self._poisoned = True  # once: the step made again is left alone
+                loss.total.register_hook(lambda grad: grad * float("nan"))
+            with self.watchdog.phase("the backward pass and gradient reduction", st.step):
+                self.engine.backward(loss.total)
             if boundary and cfg.debug.dump_gradients_at_step == st.step:
                 self._dump_gradients()
-            grad_norm = self.engine.step()
+            with self.watchdog.phase("the optimiser step", st.step):
+                grad_norm = self.engine.step()
             st.micro_batches += 1
             st.atoms_seen += int(loss.extra[0])
             st.structures_seen += int(loss.extra[1])
-            window.add(loss, grad_norm)
             if not boundary:
+                window.add(loss, grad_norm)
                 continue
             micro_in_step = 0
+            if self.engine.step_skipped:
+                if self._skip_nonfinite_gradients():
+                    stopped_by = "nonfinite"
+                    break
+                continue
+            window.add(loss, grad_norm)
+            st.nonfinite_in_row = 0
             st.step += 1
             if self.ema is not None:
                 self.ema.update(self.engine.module)
@@ -431,7 +462,8 @@ class Trainer:
             if self.validator is not None and (
                 st.step % cfg.validation.every == 0 or st.step == cfg.run.max_steps
             ):
-                improved, early_stop = self._validate()
+                with self.watchdog.phase("validation", st.step):
+                    improved, early_stop = self._validate()
             if (
                 st.step % cfg.run.checkpoint_every == 0
                 or st.step == cfg.run.max_steps
@@ -439,7 +471,8 @@ class Trainer:
                 or improved
                 or early_stop
             ):
-                last_checkpoint = self._save()
+                with self.watchdog.phase("saving a checkpoint", st.step):
+                    last_checkpoint = self._save()
             if improved and ctx.is_main:
                 self._point_to_best(last_checkpoint)
             if early_stop:
@@ -488,6 +521,7 @@ class Trainer:
         st = self.state
         st.nonfinite_skipped += 1
         st.nonfinite_in_row += 1
+        self._nonfinite = "loss"
         bad = {name: value for name, value in loss.per_task.items() if not np.isfinite(value)}
         self.logger.message(
             f"step {st.step}: non-finite loss ({bad or 'total'}), batch skipped "
@@ -497,6 +531,31 @@ class Trainer:
             return False
         self._last_saved = self._save()
         return True
+
+    def _skip_nonfinite_gradients(self) -> bool:
+        """Count an optimiser step every rank skipped for non-finite gradients (its micro-batches are dropped,
+        the next ones make the step again); True when the run must stop (a checkpoint is saved first)."""
+        st = self.state
+        st.nonfinite_skipped += 1
+        st.nonfinite_in_row += 1
+        self._nonfinite = "gradients"
+        ranks = self.engine.nonfinite_ranks
+        where = f"on rank {', '.join(map(str, ranks))}" if ranks else "in the global gradient norm"
+        self.logger.message(
+            f"step {st.step}: non-finite gradients ({where}), the optimiser step is skipped on every rank "
+            f"({st.nonfinite_in_row} in a row, {st.nonfinite_skipped} in all)"
+        )
+        if st.nonfinite_in_row < self.cfg.run.max_nonfinite_in_row:
+            return False
+        self._last_saved = self._save()
+        return True
+
+    def _injected_hang(self, step: int) -> None:
+        """Fault injection (``debug.hang_rank`` / ``debug.hang_at_step``): this rank sleeps, as a hung one."""
+        debug = self.cfg.debug
+        if debug.hang_at_step == step and debug.hang_rank == self.ctx.rank:
+            with self.watchdog.phase("a sleep injected by debug.hang_rank (fault injection)", step):
+                time.sleep(debug.hang_s)
 
     def _cover(self, batch: AtomBatch) -> None:
         """Add what ``batch`` holds (before corruption) to this rank's training coverage."""

@@ -30,7 +30,12 @@ class TrainEngine(Protocol):
     def is_boundary(self) -> bool: ...
 
     def step(self) -> float | None:
-        """Advance one micro-batch; at a boundary apply the optimiser and return the global gradient norm."""
+        """Advance one micro-batch; at a boundary apply the optimiser and return the global gradient norm.
+
+        Gradients that are non-finite on any rank skip the update on every rank (no optimiser or schedule
+        step, the gradients dropped) and set ``step_skipped``."""
+
+    step_skipped: bool  # whether the last boundary's update was skipped for non-finite gradients
 
     def lr(self) -> float: ...
 
@@ -73,6 +78,16 @@ def parameter_groups(
             groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1], kv[0][2])
         )
     ]
+
+
+def nonfinite_gradient_ranks(
+    parameters: list[nn.Parameter], all_reduce_sum: Any, rank: int, world: int
+) -> list[int]:
+    """The ranks whose gradients hold a NaN or an infinity (collective: every rank learns the same list)."""
+    local = any(bool((~torch.isfinite(p.grad)).any()) for p in parameters if p.grad is not None)
+    flags = torch.zeros(world, dtype=torch.float64)
+    flags[rank] = float(local)
+    return [r for r, bad in enumerate(all_reduce_sum(flags).tolist()) if bad]
 
 
 def global_grad_norm(parameters: list[nn.Parameter]) -> float:

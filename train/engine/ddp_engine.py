@@ -13,7 +13,7 @@ from data_pipeline.atomic_files import torch_save_atomic
 from data_pipeline.batch import AtomBatch
 from model.checkpoint_layout import CheckpointFolder, load_torch_file
 from train.config import TrainConfig
-from train.engine.base import global_grad_norm, parameter_groups
+from train.engine.base import global_grad_norm, nonfinite_gradient_ranks, parameter_groups
 from train.engine.distributed import DistContext
 from train.finetune import optimizer_plan
 from train.schedule import WarmupCosine
@@ -50,6 +50,8 @@ class DDPEngine:
         self.accum = o.grad_accum_steps
         self.autocast = cfg.precision == "bf16"
         self.micro = 0
+        self.step_skipped = False
+        self.nonfinite_ranks: list[int] = []
 
     def forward(self, batch: AtomBatch, outputs: tuple[str, ...], conservative: bool) -> dict[str, Tensor]:
         # Gradients are all-reduced in the backward of a forward run outside no_sync: the window's last one.
@@ -71,6 +73,13 @@ class DDPEngine:
             return None
         params = list(self.module.parameters())
         norm = global_grad_norm(params)
+        self.nonfinite_ranks = nonfinite_gradient_ranks(
+            params, self.ctx.all_reduce_sum, self.ctx.rank, self.ctx.world_size
+        )
+        self.step_skipped = bool(self.nonfinite_ranks)
+        if self.step_skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            return norm
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizer.step()

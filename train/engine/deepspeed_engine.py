@@ -24,7 +24,7 @@ from data_pipeline.batch import AtomBatch
 from data_pipeline.schema import BadInputError
 from model.checkpoint_layout import DEEPSPEED_TAG, CheckpointFolder, load_torch_file
 from train.config import TrainConfig
-from train.engine.base import global_grad_norm, parameter_groups
+from train.engine.base import global_grad_norm, nonfinite_gradient_ranks, parameter_groups
 from train.engine.distributed import DistContext
 from train.finetune import optimizer_plan
 from train.schedule import WarmupCosine
@@ -90,6 +90,8 @@ class DeepSpeedEngine:
             dist_init_required=False,
         )
         self.module = self.engine.module
+        self.step_skipped = False
+        self.nonfinite_ranks: list[int] = []
 
     def forward(self, batch: AtomBatch, outputs: tuple[str, ...], conservative: bool) -> dict[str, Tensor]:
         return self.engine(batch, outputs=outputs, conservative=conservative)
@@ -102,11 +104,30 @@ class DeepSpeedEngine:
         return bool(self.engine.is_gradient_accumulation_boundary())
 
     def step(self) -> float | None:
+        """ZeRO 1–3 skip an update whose global gradient norm is not finite themselves (on every rank: the norm
+        is all-reduced); under ZeRO-0 the ranks compare their reduced gradients first, and a skipped update
+        leaves the optimiser and the schedule as they were."""
         boundary = self.is_boundary
-        norm = global_grad_norm(list(self.module.parameters())) if boundary and self.stage == 0 else None
-        self.engine.step()
         if not boundary:
+            self.engine.step()
             return None
+        norm = None
+        self.nonfinite_ranks = []
+        if self.stage == 0:
+            params = list(self.module.parameters())
+            norm = global_grad_norm(params)
+            self.nonfinite_ranks = nonfinite_gradient_ranks(
+                params, self.ctx.all_reduce_sum, self.ctx.rank, self.ctx.world_size
+            )
+        if self.nonfinite_ranks:
+            schedule = self.engine.lr_scheduler.state_dict()
+            for p in self.module.parameters():
+                p.grad = None
+            self.engine.step()
+            self.engine.lr_scheduler.load_state_dict(schedule)
+        else:
+            self.engine.step()
+        self.step_skipped = bool(self.nonfinite_ranks) or not self.engine.was_step_applied()
         if norm is None:
             value = self.engine.get_global_grad_norm()
             norm = None if value is None else float(value)

@@ -98,13 +98,22 @@ def init_distributed(
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
     timeout = datetime.timedelta(seconds=cfg.timeout_s)
     if not dist.is_initialized():
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is not None:
+            # A group restarted by torchrun (--max-restarts) meets in the store of the agent that restarted it,
+            # where its dead predecessor's addresses still are: each attempt gets keys of its own.
+            store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timeout))
+            store = dist.PrefixStore(f"atomfm/attempt_{attempt}", store)
+            dist.init_process_group(
+                backend=backend, store=store, timeout=timeout, rank=rank, world_size=world
+            )
         if engine == "deepspeed":
             import deepspeed
 
             deepspeed.init_distributed(
                 dist_backend=backend, timeout=timeout, auto_mpi_discovery=False, rank=rank, world_size=world
             )
-        else:
+        elif not dist.is_initialized():
             dist.init_process_group(backend=backend, timeout=timeout, rank=rank, world_size=world)
     return DistContext(rank=rank, world_size=world, local_rank=local, device=device, backend=backend)
 
