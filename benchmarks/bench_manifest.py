@@ -118,7 +118,7 @@ def measure(folder: str, ranks: int, workers: int, trace: bool) -> dict:
     """Rank 0's load and plan; run in a fresh process."""
     from data_pipeline.mixing import domain_probabilities
 
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base_rss = _memory_mb("VmRSS")
     if trace:
         tracemalloc.start()
     started = time.perf_counter()
@@ -153,12 +153,21 @@ def measure(folder: str, ranks: int, workers: int, trace: bool) -> dict:
         "rank_batches": batches,
         "load_s": loaded - started,
         "plan_s": planned - loaded,
-        "base_rss_mb": base_rss / 1024,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "base_rss_mb": base_rss,
+        "peak_rss_mb": _memory_mb("VmHWM"),
     }
     if trace:
         result["traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
     return result
+
+
+def _memory_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, MB; unlike ``ru_maxrss``, the peak does not carry
+    over the parent's across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def in_fresh_process(folder: Path, ranks: int, workers: int, trace: bool, code_dir: Path = REPO) -> dict:
@@ -203,20 +212,27 @@ def main() -> None:
         "the version 1 corpus is also measured with it",
     )
     parser.add_argument("--out", default="results/bench_manifest.json")
-    parser.add_argument("--keep", default=None, help="build the corpora in this folder and keep them")
+    parser.add_argument(
+        "--keep", default=None, help="build the corpora in this folder and keep them (a rerun reuses them)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
-        started = time.perf_counter()
-        infos = synthetic_shards(args.structures, args.shards)
         folders = {"v1": root / "v1", "v2": root / "v2"}
-        for folder in folders.values():
-            folder.mkdir(parents=True, exist_ok=True)
-        write_version_1(folders["v1"], infos)
-        write_version_2(folders["v2"], infos)
-        del infos
-        print(f"built both corpora in {time.perf_counter() - started:.0f} s under {root}", flush=True)
+        built = root / f"built-{args.structures}-{args.shards}"
+        if built.exists():
+            print(f"reusing the corpora under {root}", flush=True)
+        else:
+            started = time.perf_counter()
+            infos = synthetic_shards(args.structures, args.shards)
+            for folder in folders.values():
+                folder.mkdir(parents=True, exist_ok=True)
+            write_version_1(folders["v1"], infos)
+            write_version_2(folders["v2"], infos)
+            del infos
+            built.touch()
+            print(f"built both corpora in {time.perf_counter() - started:.0f} s under {root}", flush=True)
         runs = [("v1 inline", folders["v1"], REPO), ("v2 side files", folders["v2"], REPO)]
         if args.before_code:
             runs.insert(0, ("v1, old code", folders["v1"], Path(args.before_code).resolve()))
@@ -254,7 +270,7 @@ def main() -> None:
             f"{r['atom_counts_mb']:>5.1f} MB {r['load_s']:>7.2f} {r['plan_s']:>7.2f} {r['peak_rss_mb']:>11.0f} "
             f"{traced}"
         )
-    print(f"(peak RSS includes the {rows[-1]['base_rss_mb']:.0f} MB of the process after its imports)")
+    print(f"(peak RSS includes the {rows[-1]['base_rss_mb']:.0f} MB the process holds after its imports)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in ("structures", "shards", "ranks", "workers")}

@@ -85,7 +85,9 @@ class ShardInfo:
         cls, d: Any, *, source: str | None = None, prefix: str = "", version: int = VERSION
     ) -> ShardInfo:
         """From a manifest entry: every field present and of its type, the counts consistent."""
-        info = from_mapping(cls, d, source=source, prefix=prefix)
+        info = _plain_entry(d, version)
+        if info is None:  # something is off: from_mapping says what, naming the field
+            info = from_mapping(cls, d, source=source, prefix=prefix)
         where = f"{prefix}." if prefix else ""
         for name in ("num_samples", "num_atoms", "bytes"):
             if getattr(info, name) < 0:
@@ -136,6 +138,45 @@ class ShardInfo:
             num_atoms=self.num_atoms,
             sha256=self.natoms_file.sha256,
         )
+
+
+_TEXT_FIELDS = ("path", "domain", "split", "source", "sha256")
+_COUNT_FIELDS = ("num_samples", "num_atoms", "bytes")
+_TALLY_FIELDS = ("elements", "levels_of_theory", "labels")
+_ENTRY_FIELDS = {
+    1: {*_TEXT_FIELDS, *_COUNT_FIELDS, *_TALLY_FIELDS, "natoms"},
+    2: {*_TEXT_FIELDS, *_COUNT_FIELDS, *_TALLY_FIELDS, "max_atoms", "natoms_file"},
+}
+
+
+def _plain_entry(d: Any, version: int) -> ShardInfo | None:
+    """The entry, built directly when it has exactly its version's fields, each of its exact type (every entry
+    ingest writes); None otherwise. A manifest of 20k shards reads in a fraction of from_mapping's time."""
+    if type(d) is not dict or d.keys() != _ENTRY_FIELDS[version]:
+        return None
+    if not all(type(d[k]) is str for k in _TEXT_FIELDS) or not all(type(d[k]) is int for k in _COUNT_FIELDS):
+        return None
+    for name in _TALLY_FIELDS:
+        tally = d[name]
+        if type(tally) is not dict or not all(type(k) is str and type(v) is int for k, v in tally.items()):
+            return None
+    fields = {k: d[k] for k in (*_TEXT_FIELDS, *_COUNT_FIELDS, *_TALLY_FIELDS)}  # d is freshly parsed JSON
+    if version == 1:
+        natoms = d["natoms"]
+        if type(natoms) is not list or not all(type(n) is int for n in natoms):
+            return None
+        return ShardInfo(**fields, natoms=natoms)
+    counts_file = d["natoms_file"]
+    if (
+        type(d["max_atoms"]) is not int
+        or type(counts_file) is not dict
+        or counts_file.keys() != {"path", "bytes", "sha256"}
+        or type(counts_file["path"]) is not str
+        or type(counts_file["bytes"]) is not int
+        or type(counts_file["sha256"]) is not str
+    ):
+        return None
+    return ShardInfo(**fields, max_atoms=d["max_atoms"], natoms_file=AtomCountsFile(**counts_file))
 
 
 @dataclass
@@ -249,9 +290,12 @@ def read_manifest(corpus: str | os.PathLike) -> Manifest:
             "no manifest.json: is this a corpus folder written by `atomfm data ingest`?", path=where
         )
     try:
-        raw = json.loads(data)
+        text = data.decode()
+        del data  # a version 1 manifest of 10M structures is ~90 MB: hold it once, not as bytes and text
+        raw = json.loads(text)
     except ValueError as err:  # UnicodeDecodeError is a ValueError
         raise BadInputError(f"unreadable manifest ({err})", path=where) from None
+    del text
     if not isinstance(raw, dict):
         raise BadInputError(f"expected a JSON object, got a {type(raw).__name__}", path=where)
     if raw.get("format") != FORMAT:
@@ -313,7 +357,9 @@ def read_shard_list(corpus: str, source: str, name: str) -> list[tuple[ShardInfo
         text = data.decode()
     except UnicodeDecodeError as err:
         raise BadInputError(f"unreadable shard list ({err})", path=where) from None
+    del data
     *lines, unfinished = text.split("\n")
+    del text
     if unfinished:
         log.warning("%s: ignoring its last line, cut short by an interrupted ingest", where)
     entries = []
