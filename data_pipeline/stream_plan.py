@@ -9,7 +9,8 @@ For each domain, every slot draws the same shard order for an epoch from the see
 
 Either way, one pass gives every sample of the split to exactly one slot. Each slot then shuffles each
 domain's samples through a buffer, mixes the domains by probability and packs by atom count, all with
-seeded generators and the per-sample atom counts of ``manifest.json``. The plan is therefore a pure function
+seeded generators and the per-sample atom counts (each shard's count file, read when a slot reads the
+shard; inline in a version 1 manifest). The plan is therefore a pure function
 of (manifest, settings, epoch, slot): to resume, a reader replays it without touching a shard.
 
 When the number of slots changes mid-epoch (a resume on another world size or worker count), replaying the
