@@ -29,6 +29,7 @@ class GateActivation(nn.Module):
         self.register_buffer(
             "pseudo", pseudo_mask(channels, 0.0) if pseudo is None else pseudo, persistent=False
         )
+        self.has_pseudo = bool(self.pseudo.any())
         gate_of_coefficient = [ell - 1 for ell in layout.degree_of_coefficient[1:]]
         self.register_buffer(
             "gate_of_coefficient", torch.tensor(gate_of_coefficient, dtype=torch.long), persistent=False
@@ -43,7 +44,7 @@ class GateActivation(nn.Module):
         degree_zero, higher = x.split([1, x.shape[-2] - 1], dim=-2)
         return torch.cat(
             [
-                parity_activation(degree_zero, self.pseudo),
+                parity_activation(degree_zero, self.pseudo if self.has_pseudo else None),
                 higher * gates.index_select(-2, self.gate_of_coefficient),
             ],
             dim=-2,
@@ -71,6 +72,7 @@ class SeparableS2Activation(nn.Module):
         self.register_buffer(
             "pseudo", pseudo_mask(channels, 0.0) if pseudo is None else pseudo, persistent=False
         )
+        self.has_pseudo = bool(self.pseudo.any())
         if layout.mmax != layout.lmax:
             raise ValueError("the S² activation works on the full layout (mmax == lmax)")
         self.layout, self.channels = layout, channels
@@ -85,9 +87,10 @@ class SeparableS2Activation(nn.Module):
         return channels
 
     def forward(self, x: Tensor, scalars: Tensor) -> Tensor:
-        on_grid = parity_activation(torch.matmul(self.to_grid.to(x.dtype), x), self.pseudo)
+        pseudo = self.pseudo if self.has_pseudo else None
+        on_grid = parity_activation(torch.matmul(self.to_grid.to(x.dtype), x), pseudo)
         back = torch.matmul(self.from_grid[1:].to(x.dtype), on_grid)
-        return torch.cat([parity_activation(scalars, self.pseudo).unsqueeze(-2), back], dim=-2)
+        return torch.cat([parity_activation(scalars, pseudo).unsqueeze(-2), back], dim=-2)
 
 
 ACTIVATIONS: dict[str, type[GateActivation] | type[SeparableS2Activation]] = {

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from model.activation import GateActivation
+from model.lean_silu import LeanSiLU, lean_silu
 from model.parity import pseudo_mask
 from model.so2_conv import SO2Convolution
 from model.so3 import CoefficientLayout, rotate_from_edge_frame, rotate_to_edge_frame
@@ -91,10 +92,10 @@ class EquivariantGraphAttention(nn.Module):
         self.radial_mlp = nn.Sequential(
             nn.Linear(num_rbf, radial_channels),
             nn.LayerNorm(radial_channels),
-            nn.SiLU(),
+            LeanSiLU(),
             nn.Linear(radial_channels, radial_channels),
             nn.LayerNorm(radial_channels),
-            nn.SiLU(),
+            LeanSiLU(),
         )
         self.num_gates = GateActivation.num_scalars(lmax, attn_channels)
         node, attn = pseudo_mask(channels, pseudo_fraction), pseudo_mask(attn_channels, pseudo_fraction)
@@ -121,7 +122,7 @@ class EquivariantGraphAttention(nn.Module):
         message, scalars = self.message(pair, self.radial_mlp(geometry.radial_basis.to(pair.dtype)))
         logit_features, gates = scalars.split([self.num_heads * self.head_channels, self.num_gates], dim=-1)
         logit_features = logit_features.reshape(num_edges, self.num_heads, self.head_channels)
-        logits = (nn.functional.silu(self.logit_norm(logit_features)) * self.logit_weight).sum(-1)
+        logits = (lean_silu(self.logit_norm(logit_features)) * self.logit_weight).sum(-1)
         weights = smooth_attention_weights(logits, geometry.envelope, target, x.shape[0])
         values, _ = self.value(self.gate(message, gates))
         values = values.unflatten(-1, (self.num_heads, self.head_channels)) * weights[:, None, :, None].to(

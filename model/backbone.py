@@ -7,20 +7,22 @@ polar features, and pseudo-scalars of opposite sign, which chirality-aware heads
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import cache
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from data_pipeline.config_mapping import from_mapping
 from data_pipeline.schema import DOMAINS, BadInputError
 from data_pipeline.vocab import LEVELS_OF_THEORY
 from model.activation import ACTIVATIONS, make_activation
 from model.attention import EdgeGeometry, EquivariantGraphAttention
+from model.checkpointing import checkpoint_layer
 from model.conditioning import ConditioningEmbedding, NoiseLevelEmbedding
+from model.lean_silu import LeanSiLU
 from model.norm import EquivariantRMSNorm
 from model.parity import pseudo_mask, same_parity
 from model.radial import RADIAL_BASES, PolynomialEnvelope
@@ -55,6 +57,7 @@ class BackboneConfig:
     activation: str = "s2"  # feed-forward nonlinearity: "s2" | "gate"
     s2_resolution: int | None = None  # latitude points of the S² grid; None: 3 * (lmax + 1)
     activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile the layers (inference, direct-force training; docs/model.md)
     pseudo_fraction: float = 0.25  # share of each feature width in pseudo (parity-odd) channels; 0: achiral
     num_elements: int = 119  # index 0 = [MASK] token (masked atom types), 1..118 = Z
     num_levels: int = len(LEVELS_OF_THEORY)
@@ -170,7 +173,7 @@ class EdgeDegreeEmbedding(nn.Module):
         self.radial_mlp = nn.Sequential(
             nn.Linear(num_rbf + 2 * channels, radial_channels),
             nn.LayerNorm(radial_channels),
-            nn.SiLU(),
+            LeanSiLU(),
             nn.Linear(radial_channels, (lmax + 1) * channels),
         )
 
@@ -217,6 +220,24 @@ class TransformerBlock(nn.Module):
     def forward(self, x: Tensor, edge_index: Tensor, geometry: EdgeGeometry) -> Tensor:
         x = x + self.attention(self.attention_norm(x), edge_index, geometry)
         return x + self.feed_forward(self.feed_forward_norm(x))
+
+    def checkpointed(self, x: Tensor, edge_index: Tensor, geometry: EdgeGeometry) -> Tensor:
+        """:meth:`forward` keeping only its inputs for the backward passes, a conservative-force loss's
+        second backward included (``model.checkpointing``)."""
+        return checkpoint_layer(
+            self._forward_of_tensors,
+            list(self.parameters()),
+            x,
+            edge_index,
+            geometry.rotation,
+            geometry.radial_basis,
+            geometry.envelope,
+        )
+
+    def _forward_of_tensors(
+        self, x: Tensor, edge_index: Tensor, rotation: Tensor, radial_basis: Tensor, envelope: Tensor
+    ) -> Tensor:
+        return self(x, edge_index, EdgeGeometry(rotation, radial_basis, envelope))
 
 
 class EquivariantTransformer(nn.Module):
@@ -270,6 +291,41 @@ class EquivariantTransformer(nn.Module):
         Edges at or beyond ``cfg.cutoff`` contribute nothing (their envelope is 0) and are dropped.
         """
         edge_index, edge_vec = self._edges_within_cutoff(edge_index, edge_vec)
+        encode = EquivariantTransformer._encode
+        # torch.compile has no double backward: a model in training whose edges carry gradients (conservative
+        # forces, a loss on them next) runs the plain layers
+        if self.cfg.compile and not (self.training and edge_vec.requires_grad):
+            self.conditioning.check_ranges(z, batch, charge, spin, level_of_theory, domain)
+            encode = _compiled_encode()
+        return encode(
+            self,
+            z,
+            edge_index,
+            edge_vec,
+            batch,
+            charge,
+            spin,
+            level_of_theory,
+            domain,
+            vector_input,
+            noise_level,
+        )
+
+    def _encode(
+        self,
+        z: Tensor,
+        edge_index: Tensor,
+        edge_vec: Tensor,
+        batch: Tensor,
+        charge: Tensor,
+        spin: Tensor,
+        level_of_theory: Tensor,
+        domain: Tensor,
+        vector_input: Tensor | None,
+        noise_level: Tensor | None,
+    ) -> Tensor:
+        """:meth:`forward` after the edges beyond the cutoff are dropped: the part ``cfg.compile`` compiles
+        (one graph, no breaks: ``torch._dynamo.explain``)."""
         geometry = self._edge_geometry(edge_vec)
         polar = self.polar.to(self.vector_embedding.dtype)
         scalars = self.conditioning(z, batch, charge, spin, level_of_theory, domain)
@@ -289,7 +345,7 @@ class EquivariantTransformer(nn.Module):
         x = torch.cat([x[:, :1] + scalars.unsqueeze(1), x[:, 1:]], dim=1)
         for block in self.blocks:
             if self.cfg.activation_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, edge_index, geometry, use_reentrant=False)
+                x = block.checkpointed(x, edge_index, geometry)
             else:
                 x = block(x, edge_index, geometry)
         return self.final_norm(x)
@@ -328,3 +384,10 @@ class EquivariantTransformer(nn.Module):
                 radial_basis=self.radial_basis(length).to(dtype),
                 envelope=self.envelope(length).to(dtype),
             )
+
+
+@cache
+def _compiled_encode() -> Callable[..., Tensor]:
+    """:meth:`EquivariantTransformer._encode` under ``torch.compile``, with dynamic atom and edge counts;
+    compiled on first use, shared by every model (dynamo guards on the module)."""
+    return torch.compile(EquivariantTransformer._encode, dynamic=True)

@@ -38,7 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--measure",
         action="store_true",
-        help="also measure saved activations on a 64-atom silicon cell (builds the model on CPU: small sizes)",
+        help="also measure saved activations on a 64-atom silicon cell (builds the model on CPU: small sizes), "
+        "itemised by module, op and shape",
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=12,
+        help="with --measure: the largest saved-tensor groups to list per training",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=info)
@@ -97,16 +104,20 @@ def info(args: argparse.Namespace) -> int:
         "fp32_checkpointed_bytes": fp32.checkpointed_bytes,
         "bf16_checkpointed_bytes": bf16.checkpointed_bytes,
         "how": "analytic count of the tensors autograd keeps per layer, per edge and per atom, for an energy "
-        "and direct-force loss (model/activation_memory.py); conservative-force training measures ~3x that; "
-        "activation checkpointing keeps each layer's input and one layer at a time (the checkpointed figures; "
-        "`atomfm plan` turns these into a ZeRO stage and max_atoms)",
+        "and direct-force loss (model/activation_memory.py); conservative-force training measures ~2.5x that; "
+        "activation checkpointing keeps each layer's input and one layer at a time (the checkpointed figures), "
+        "for conservative forces too (model/checkpointing.py); `atomfm plan` turns these into a ZeRO stage "
+        "and max_atoms",
     }
     if args.measure:
-        report["measured_per_1000_atoms"] = _measure(cfg)
+        report["measured_per_1000_atoms"], report["saved_tensors_per_1000_atoms"] = _measure(cfg, args.rows)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     for key, value in report.items():
+        if key == "saved_tensors_per_1000_atoms":
+            _print_saved_tensors(value)
+            continue
         if isinstance(value, dict):
             print(key)
             for k, v in value.items():
@@ -141,14 +152,19 @@ def _summary(name: str, cfg: Any) -> dict[str, Any]:
     }
 
 
-def _measure(cfg: Any) -> dict[str, Any]:
-    """Saved activations of energy + direct forces and of conservative forces on a 64-atom silicon cell."""
+def _measure(cfg: Any, rows: int) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Saved activations of energy + direct forces and of conservative forces on a 64-atom silicon cell:
+    totals, and the ``rows`` largest groups of saved tensors (``account_saved_tensors``) of each."""
     from ase.build import bulk
     from torch_geometric.data import Batch
 
     from data_pipeline.graph import structure_to_graph
     from data_pipeline.schema import Structure, validate
-    from model.activation_memory import estimate_activation_memory, measure_saved_activations
+    from model.activation_memory import (
+        account_saved_tensors,
+        estimate_activation_memory,
+        summarise_saved_tensors,
+    )
     from model.atomfm import AtomFM
 
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
@@ -166,17 +182,30 @@ def _measure(cfg: Any) -> dict[str, Any]:
     model = AtomFM(cfg).train()
     num_atoms, num_edges = len(atoms), batch.edge_index.shape[1]
     per_1000 = 1000 / num_atoms
-    direct = measure_saved_activations(model, lambda: model(batch, ("energy", "forces_direct")))
-    conservative = measure_saved_activations(
-        model, lambda: model(batch, ("energy", "forces"), conservative=True)
-    )
+    runs = {
+        "direct_forces": lambda: model(batch, ("energy", "forces_direct")),
+        "conservative_forces": lambda: model(batch, ("energy", "forces"), conservative=True),
+    }
+    saved = {name: account_saved_tensors(model, run, {"E": num_edges}) for name, run in runs.items()}
     estimate = estimate_activation_memory(cfg.backbone, 1000, num_edges / num_atoms, 4).total_bytes
-    return {
-        "structure": f"Si {num_atoms} atoms, {num_edges / num_atoms:.0f} edges/atom, fp32",
-        "direct_forces_bytes": direct * per_1000,
-        "conservative_forces_bytes": conservative * per_1000,
+    totals = {
+        "structure": f"Si {num_atoms} atoms, {num_edges / num_atoms:.0f} edges/atom (E: edges), fp32",
+        **{f"{name}_bytes": s.total_bytes * per_1000 for name, s in saved.items()},
         "estimate_same_edges_bytes": estimate,
     }
+    return totals, {name: summarise_saved_tensors(s.tensors, per_1000)[:rows] for name, s in saved.items()}
+
+
+def _print_saved_tensors(groups: dict[str, list[dict[str, Any]]]) -> None:
+    """The largest saved-tensor groups, per 1,000 atoms, for each training."""
+    for name, rows in groups.items():
+        print(f"largest saved tensors, {name.replace('_', ' ')} (per 1,000 atoms; layers as *)")
+        for r in rows:
+            module = r["module"].removeprefix("backbone.")
+            print(
+                f"  {_format_bytes(r['bytes']):>10}  {r['count']:>3}x {r['phase']:<9}"
+                f"{module:<34}{r['op']:<22}{r['shape']} {r['dtype']}"
+            )
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -41,9 +41,8 @@ class ConditioningEmbedding(nn.Module):
         self, z: Tensor, batch: Tensor, charge: Tensor, spin: Tensor, level_of_theory: Tensor, domain: Tensor
     ) -> Tensor:
         """z, batch: [N] long; charge, spin, level_of_theory, domain: [B] long. Returns [N, C]."""
-        self._check_ranges(
-            z=z, batch=batch, charge=charge, spin=spin, level_of_theory=level_of_theory, domain=domain
-        )
+        if not torch.compiler.is_compiling():  # a compiled backbone checks before it enters the graph
+            self.check_ranges(z, batch, charge, spin, level_of_theory, domain)
         per_structure = (
             self.charge(charge + self.max_abs_charge)
             + self.spin(spin - 1)
@@ -52,8 +51,13 @@ class ConditioningEmbedding(nn.Module):
         )
         return self.element(z) + per_structure.index_select(0, batch)
 
-    def _check_ranges(self, **inputs: Tensor) -> None:
+    def check_ranges(
+        self, z: Tensor, batch: Tensor, charge: Tensor, spin: Tensor, level_of_theory: Tensor, domain: Tensor
+    ) -> None:
         """One device sync for all inputs; on failure, a BadInputError naming the field and the bad value."""
+        inputs = dict(
+            z=z, batch=batch, charge=charge, spin=spin, level_of_theory=level_of_theory, domain=domain
+        )
         bounds = {
             "z": (0, self.element.num_embeddings - 1),
             "batch": (0, inputs["charge"].shape[0] - 1),

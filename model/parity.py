@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from model.lean_silu import lean_silu
+
 
 def pseudo_mask(width: int, fraction: float) -> Tensor:
     """[width] bool, True for the pseudo channels (the last ``round(width * fraction)``)."""
@@ -48,8 +50,8 @@ def odd_silu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(x * x)
 
 
-def parity_activation(x: Tensor, pseudo: Tensor) -> Tensor:
-    """SiLU on polar channels, :func:`odd_silu` on pseudo ones; channels on the last dimension."""
-    if not bool(pseudo.any()):
-        return torch.nn.functional.silu(x)
-    return torch.where(pseudo.to(x.device), odd_silu(x), torch.nn.functional.silu(x))
+def parity_activation(x: Tensor, pseudo: Tensor | None) -> Tensor:
+    """SiLU on polar channels, :func:`odd_silu` on pseudo ones (``pseudo`` [C] bool, None: all polar);
+    channels on the last dimension. Computed by :func:`model.lean_silu.lean_silu`, whose double backward
+    keeps only its input and gradient."""
+    return lean_silu(x, pseudo)

@@ -256,13 +256,13 @@ def edge_frame_rotation(wigner: list[Tensor], mmax: int) -> Tensor:
 def _edge_frame_rotation_index(lmax: int, mmax: int, device: torch.device) -> Tensor:
     """For each entry (k, p) of :func:`edge_frame_rotation`, its position among the concatenated flattened
     D_0..D_lmax, or the position of the trailing zero."""
-    offsets = np.cumsum([0] + [(2 * ell + 1) ** 2 for ell in range(lmax + 1)])
-    zero = int(offsets[-1])
+    offsets = [sum((2 * k + 1) ** 2 for k in range(ell)) for ell in range(lmax + 2)]  # plain ints: traceable
+    zero = offsets[-1]
     index = []
     for ell, m in CoefficientLayout(lmax, mmax, order_major=True).degrees_and_orders:
         row = [zero] * num_coefficients(lmax)
         for n in range(-ell, ell + 1):
-            row[ell * ell + n + ell] = int(offsets[ell]) + (m + ell) * (2 * ell + 1) + n + ell
+            row[ell * ell + n + ell] = offsets[ell] + (m + ell) * (2 * ell + 1) + n + ell
         index += row
     return torch.tensor(index, dtype=torch.long, device=device)
 

@@ -223,7 +223,8 @@ def test_activation_checkpointing_gives_identical_outputs_and_gradients():
         results.append((x, forces, [p.grad for p in model.parameters()]))
     (x, forces, grads), (x_ckpt, forces_ckpt, grads_ckpt) = results
     torch.testing.assert_close(x_ckpt, x, rtol=0, atol=0)
-    torch.testing.assert_close(forces_ckpt, forces, rtol=0, atol=0)
+    # the layers' gradients reach the positions summed in another order: equal to float64 round-off
+    torch.testing.assert_close(forces_ckpt, forces, rtol=0, atol=1e-12 * float(forces.abs().max()))
     for g, g_ckpt in zip(grads, grads_ckpt, strict=True):
         torch.testing.assert_close(g_ckpt, g)
 

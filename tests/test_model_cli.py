@@ -43,6 +43,9 @@ def test_model_info_estimate_tracks_the_measured_activations(capsys):
     ratio = measured["estimate_same_edges_bytes"] / measured["direct_forces_bytes"]
     assert 0.7 < ratio < 1.4, ratio
     assert measured["conservative_forces_bytes"] > measured["direct_forces_bytes"]
+    rows = report["saved_tensors_per_1000_atoms"]["conservative_forces"]
+    assert {"forward", "backward"} <= {r["phase"] for r in rows}  # the double backward's graph is itemised
+    assert any(r["module"].endswith("attention.message") and "E" in r["shape"].split(" x ") for r in rows)
     wider = run_json(capsys, "model", "info", "tiny", "--set", "lmax=4", "--json")
     assert (
         wider["activation_memory_per_1000_atoms"]["fp32_bytes"]

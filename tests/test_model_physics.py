@@ -326,9 +326,9 @@ def test_activation_checkpointing_gives_the_same_gradients(conservative):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-9, atol=1e-12, msg=name)
-    # direct objectives keep only each layer's input; a conservative force loss recomputes the layers in the
-    # first backward and keeps that graph for the second, so it saves little
-    assert saved[1] < (0.95 if conservative else 0.3) * saved[0]
+    # each layer keeps only its input, for a conservative force loss too: its first backward is checkpointed
+    # as well (model/checkpointing.py), so the graph kept for the second backward holds no layer's tensors
+    assert saved[1] < 0.3 * saved[0]
 
 
 def test_named_sizes_span_a_million_to_a_billion_parameters():

@@ -235,7 +235,11 @@ def _adapted_name(name: str, ours: dict[str, torch.Tensor]) -> str:
 
 def _config_difference(a: AtomFM, b: AtomFM) -> str:
     x, y = a.config.backbone.to_dict(), b.config.backbone.to_dict()
-    changed = [f"{k} {x[k]} vs {y[k]}" for k in x if x[k] != y.get(k) and k != "activation_checkpointing"]
+    changed = [
+        f"{k} {x[k]} vs {y[k]}"
+        for k in x
+        if x[k] != y.get(k) and k not in ("activation_checkpointing", "compile")
+    ]
     return ", ".join(changed) or "same backbone"
 
 
