@@ -74,6 +74,7 @@ def silicon(repeat: int, seed: int = 0) -> Atoms:
 def cobrotoxin() -> Atoms:
     data = Path(importlib.util.find_spec("MDAnalysisTests").origin).parent / "data"
     atoms = ase.io.read(data / "cobrotoxin_dry_neutral_0.pdb", index=0)  # the file ends with an empty model
+    atoms.pbc = False  # a dry protein, isolated: the file's CRYST1 box would make it a periodic Ewald sum
     atoms.info["domain"] = "protein"
     return atoms
 

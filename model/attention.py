@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from model.activation import GateActivation
+from model.checkpointing import checkpoint_layer
 from model.lean_silu import LeanSiLU, lean_silu
 from model.parity import pseudo_mask
 from model.so2_conv import SO2Convolution
@@ -116,15 +117,18 @@ class EquivariantGraphAttention(nn.Module):
         )
         self.output = SO3Linear(lmax, attn_channels, channels, in_pseudo=attn, out_pseudo=node)
 
-    def forward(self, x: Tensor, edge_index: Tensor, geometry: EdgeGeometry) -> Tensor:
-        target, num_edges = edge_index[1], edge_index.shape[1]
-        pair = rotate_to_edge_frame(gather_edge_pairs(x, edge_index), geometry.rotation)
-        message, scalars = self.message(pair, self.radial_mlp(geometry.radial_basis.to(pair.dtype)))
-        logit_features, gates = scalars.split([self.num_heads * self.head_channels, self.num_gates], dim=-1)
-        logit_features = logit_features.reshape(num_edges, self.num_heads, self.head_channels)
-        logits = (lean_silu(self.logit_norm(logit_features)) * self.logit_weight).sum(-1)
+    def forward(
+        self, x: Tensor, edge_index: Tensor, geometry: EdgeGeometry, edge_chunk: int | None = None
+    ) -> Tensor:
+        """``edge_chunk``: compute the per-edge messages in chunks of this many edges, each checkpointed
+        (``model.checkpointing``: kept for the backward passes are its inputs only), so that no whole-layer
+        per-edge tensor but the values and logits is held; None: all edges at once."""
+        target = edge_index[1]
+        if edge_chunk is None or edge_index.shape[1] <= edge_chunk:
+            values, logits = self._edge_messages(x, edge_index, geometry.rotation, geometry.radial_basis)
+        else:
+            values, logits = self._chunked_edge_messages(x, edge_index, geometry, edge_chunk)
         weights = smooth_attention_weights(logits, geometry.envelope, target, x.shape[0])
-        values, _ = self.value(self.gate(message, gates))
         values = values.unflatten(-1, (self.num_heads, self.head_channels)) * weights[:, None, :, None].to(
             values.dtype
         )
@@ -133,3 +137,40 @@ class EquivariantGraphAttention(nn.Module):
             0, target, values.to(x.dtype)
         )
         return self.output(aggregated)
+
+    def _edge_messages(
+        self, x: Tensor, edge_index: Tensor, rotation: Tensor, radial_basis: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Per edge, independently of the others: values [E, K, attn_channels] in the edge frame and
+        attention logits [E, num_heads]."""
+        num_edges = edge_index.shape[1]
+        pair = rotate_to_edge_frame(gather_edge_pairs(x, edge_index), rotation)
+        message, scalars = self.message(pair, self.radial_mlp(radial_basis.to(pair.dtype)))
+        logit_features, gates = scalars.split([self.num_heads * self.head_channels, self.num_gates], dim=-1)
+        logit_features = logit_features.reshape(num_edges, self.num_heads, self.head_channels)
+        logits = (lean_silu(self.logit_norm(logit_features)) * self.logit_weight).sum(-1)
+        values, _ = self.value(self.gate(message, gates))
+        return values, logits
+
+    def _packed_edge_messages(
+        self, x: Tensor, edge_index: Tensor, rotation: Tensor, radial_basis: Tensor
+    ) -> Tensor:
+        values, logits = self._edge_messages(x, edge_index, rotation, radial_basis)
+        return torch.cat([values.flatten(1), logits.to(values.dtype)], dim=1)
+
+    def _chunked_edge_messages(
+        self, x: Tensor, edge_index: Tensor, geometry: EdgeGeometry, edge_chunk: int
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`_edge_messages` in checkpointed chunks of edges (split, not sliced: one backward cat)."""
+        params = list(self.parameters())
+        chunks = zip(
+            edge_index.split(edge_chunk, dim=1),
+            geometry.rotation.split(edge_chunk),
+            geometry.radial_basis.split(edge_chunk),
+            strict=True,
+        )
+        packed = torch.cat(
+            [checkpoint_layer(self._packed_edge_messages, params, x, *chunk) for chunk in chunks]
+        )
+        values, logits = packed.split([packed.shape[1] - self.num_heads, self.num_heads], dim=1)
+        return values.view(packed.shape[0], -1, self.num_heads * self.head_channels), logits

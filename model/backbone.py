@@ -57,6 +57,7 @@ class BackboneConfig:
     activation: str = "s2"  # feed-forward nonlinearity: "s2" | "gate"
     s2_resolution: int | None = None  # latitude points of the S² grid; None: 3 * (lmax + 1)
     activation_checkpointing: bool = False
+    checkpoint_edge_chunk: int = 8192  # with activation_checkpointing: edges per recomputed attention chunk
     compile: bool = False  # torch.compile the layers (inference, direct-force training; docs/model.md)
     pseudo_fraction: float = 0.25  # share of each feature width in pseudo (parity-odd) channels; 0: achiral
     num_elements: int = 119  # index 0 = [MASK] token (masked atom types), 1..118 = Z
@@ -84,6 +85,7 @@ class BackboneConfig:
                 f"must exceed lmax ({self.lmax}) for the grid to resolve the features",
             ),
             ("num_rbf", self.num_rbf >= 2, "must be at least 2"),
+            ("checkpoint_edge_chunk", self.checkpoint_edge_chunk > 0, "must be positive"),
             (
                 "pseudo_fraction",
                 0.0 <= self.pseudo_fraction < 1.0,
@@ -212,13 +214,14 @@ class TransformerBlock(nn.Module):
             radial_channels=cfg.radial_channels,
             pseudo_fraction=cfg.pseudo_fraction,
         )
+        self.edge_chunk = cfg.checkpoint_edge_chunk if cfg.activation_checkpointing else None
         self.feed_forward_norm = EquivariantRMSNorm(cfg.lmax, cfg.channels, pseudo=pseudo)
         self.feed_forward = EquivariantFeedForward(
             cfg.lmax, cfg.channels, cfg.ffn_channels, cfg.activation, cfg.s2_resolution, cfg.pseudo_fraction
         )
 
     def forward(self, x: Tensor, edge_index: Tensor, geometry: EdgeGeometry) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), edge_index, geometry)
+        x = x + self.attention(self.attention_norm(x), edge_index, geometry, self.edge_chunk)
         return x + self.feed_forward(self.feed_forward_norm(x))
 
     def checkpointed(self, x: Tensor, edge_index: Tensor, geometry: EdgeGeometry) -> Tensor:
