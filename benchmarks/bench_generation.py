@@ -131,8 +131,8 @@ def table(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cell(metric: dict[str, Any] | None) -> str:
-    if metric is None or metric["value"] is None:
-        return "—"
+    if metric is None or metric["value"] is None or not np.isfinite(metric["value"]):
+        return "—"  # NaN: nothing to average (no valid molecule reached xTB)
     digits = 2 if metric["unit"] == "Å" else 1
     suffix = f" (n={metric['n']})" if metric["unit"] in ("kcal/mol", "meV/atom", "Å") else ""
     return f"{metric['value']:.{digits}f}{suffix}"
@@ -180,7 +180,9 @@ def main() -> None:
         else:
             result = {"rows": table(opts)}
         result["wall_time_s"] = round(time.perf_counter() - start, 1)
-        state = json.loads(state_path.read_text()) if state_path.is_file() else {}  # another stage may have run
+        state = (
+            json.loads(state_path.read_text()) if state_path.is_file() else {}
+        )  # another stage may have run
         state[stage] = result
         write_text_atomic(state_path, json.dumps(state, indent=1))
         print(f"{stage}: {result['wall_time_s']} s", flush=True)

@@ -16,6 +16,7 @@ COMMAND_GROUPS: tuple[tuple[str, str], ...] = (
     ("finetune", "train.finetune_cli"),
     ("eval", "eval.cli"),
     ("leaderboard", "eval.leaderboard.cli"),
+    ("generate", "eval.generation.cli"),
     ("plan", "launch.plan_cli"),
     ("launch", "launch.launch_cli"),
 )

@@ -27,3 +27,11 @@ def test_a_listed_module_that_does_not_import_is_an_error_naming_its_group(monke
     monkeypatch.setattr(cli, "COMMAND_GROUPS", (*cli.COMMAND_GROUPS, ("ghost", "eval.no_such_module")))
     with pytest.raises(ImportError, match=r"command group 'ghost'.*eval\.no_such_module"):
         cli.build_parser()
+
+
+def test_generate_is_a_command(capsys):
+    """docs/generation.md's `atomfm generate` (it was a module no command group listed)."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["generate", "--help"])
+    assert stop.value.code == 0
+    assert "--checkpoint" in capsys.readouterr().out

@@ -19,6 +19,7 @@ from data_pipeline.schema import BadInputError
 from eval.generation import cli
 from eval.generation.baselines import baseline_molecules
 from eval.generation.chemistry import edm_bond_orders, edm_stable_atoms, perceive_rdkit
+from eval.generation.held_out import diffusion_loss_by_time
 from eval.generation.molecules import Molecule, read_molecules, write_extxyz, write_sdf
 from eval.generation.reference import TrainingMolecules
 from eval.generation.sampler import DiffusionSampler
@@ -269,3 +270,20 @@ def test_generate_writes_sdf_extxyz_and_a_result_reproducibly(tmp_path):
     assert all(m.numbers[:3].tolist() == [8, 1, 1] for m in read_molecules(tmp_path / "f.extxyz"))
     too_large = ["--atoms", "200-300", "--out", str(tmp_path / "x.sdf")]
     assert generate("--checkpoint", str(tmp_path / "export"), *too_large) == 2
+
+
+def test_held_out_loss_conditions_on_each_molecules_own_charge(sampler, monkeypatch):
+    """The held-out diffusion loss scores a molecule as training saw it: with its own charge, not the
+    neutral charge the sampler draws new molecules at."""
+    seen = []
+    predict = sampler.predict
+
+    def spy(batch, t):
+        seen.append(batch.charge.tolist())
+        return predict(batch, t)
+
+    monkeypatch.setattr(sampler, "predict", spy)
+    held_out = [mol("H2O"), mol("NH3", charge=1), mol("CH4", charge=-1)]
+    rows = diffusion_loss_by_time(sampler, held_out, times=(0.2, 0.9), molecules_per_batch=2)
+    assert seen == [[0, 1], [-1], [0, 1], [-1]]
+    assert [r["atoms"] for r in rows] == [12, 12] and all(np.isfinite(r["eps_mse"]) for r in rows)

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from leaderboard_results import write_results
+from leaderboard_results import metric, model, write_results
 
 from data_pipeline.schema import BadInputError
 from eval.leaderboard import build_report
@@ -18,6 +18,7 @@ from eval.leaderboard.collect import collect_results
 from eval.leaderboard.plots import table_position
 from eval.leaderboard.rank import competition_ranks, rank_results
 from eval.leaderboard.tables import board_tables
+from eval.results import result_record, write_result
 from launch import cli
 
 ACCURACY = ("accuracy", "water/test")
@@ -154,3 +155,41 @@ def test_command_writes_the_report_and_says_where(results_dir, tmp_path, capsys)
     assert cli.main(["leaderboard", str(eos), "--out", str(tmp_path / "report")]) == 0
     assert str(tmp_path / "report" / "index.html") in capsys.readouterr().out
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_generation_results_get_their_own_board_with_the_sample_count_on_every_cell(tmp_path):
+    """`atomfm generate --score` results (a sampler and the training-molecule ceiling) land on one
+    "generation · data" board, ranked on molecule stability, every cell carrying the molecules it rests on
+    (the xTB subset's own, smaller n)."""
+    data = {
+        "name": "demo/train",
+        "kind": "corpus",
+        "structures": 50,
+        "atoms": 900,
+        "domains": {"molecule": 50},
+    }
+    folder = tmp_path / "generation"
+    for who, stability in (
+        (model("diffusion-ft", "checkpoint"), 40.0),
+        (model("training", "baseline"), 99.0),
+    ):
+        metrics = {
+            "molecule_stability": metric(stability, "%", "higher", n=20),
+            "validity": metric(stability + 5, "%", "higher", n=20),
+            "xtb_rmsd": metric(0.3, "Å", "lower", n=4),
+        }
+        body = {"metrics": {"molecule": metrics}, "details": {"molecules": 20}}
+        write_result(
+            folder, result_record("generation", "molecule_stability", who, data, body, wall_time_s=1.0)
+        )
+    results = collect_results([folder])
+    ranking = rank_results(results)
+    assert ranking.board[("generation", "demo/train")] == {"training": 1, "diffusion-ft": 2}
+    text = build_report([str(folder)], str(tmp_path / "report")).parent.joinpath("report.md").read_text()
+    section = text.split("## generation · demo/train", 1)[1]
+    assert "Ranked on molecule_stability." in section
+    rows = [line for line in section.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = row.split(" | ")[3:]
+        assert [re.search(r"n=(\d+)", c).group(1) for c in cells] == ["20", "20", "4"], row

@@ -39,6 +39,8 @@ def diffusion_loss_by_time(
         for start in range(0, len(molecules), molecules_per_batch):
             chunk = molecules[start : start + molecules_per_batch]
             batch = sampler.empty_batch([m.num_atoms for m in chunk])
+            # conditioned on each molecule's own charge, as in training (the sampler's default is neutral)
+            batch.charge = torch.tensor([m.charge for m in chunk], dtype=torch.int64, device=batch.z.device)
             rng = np.random.default_rng([seed, ti, start])
             eps = np.concatenate([_centred(rng.standard_normal((m.num_atoms, 3))) for m in chunk])
             hidden = rng.random(len(eps)) < float(
