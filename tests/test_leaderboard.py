@@ -172,6 +172,7 @@ def test_generation_results_get_their_own_board_with_the_sample_count_on_every_c
     for who, stability in (
         (model("diffusion-ft", "checkpoint"), 40.0),
         (model("training", "baseline"), 99.0),
+        (model("edm", "samples"), 60.0),  # another code's molecules, scored by `atomfm generate --samples`
     ):
         metrics = {
             "molecule_stability": metric(stability, "%", "higher", n=20),
@@ -184,12 +185,12 @@ def test_generation_results_get_their_own_board_with_the_sample_count_on_every_c
         )
     results = collect_results([folder])
     ranking = rank_results(results)
-    assert ranking.board[("generation", "demo/train")] == {"training": 1, "diffusion-ft": 2}
+    assert ranking.board[("generation", "demo/train")] == {"training": 1, "edm": 2, "diffusion-ft": 3}
     text = build_report([str(folder)], str(tmp_path / "report")).parent.joinpath("report.md").read_text()
     section = text.split("## generation · demo/train", 1)[1]
     assert "Ranked on molecule_stability." in section
-    rows = [line for line in section.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
-    assert len(rows) == 2
+    rows = [line for line in section.splitlines() if re.match(r"\| [123] \|", line)]
+    assert len(rows) == 3
     for row in rows:
         cells = row.split(" | ")[3:]
         assert [re.search(r"n=(\d+)", c).group(1) for c in cells] == ["20", "20", "4"], row

@@ -17,7 +17,7 @@ from eval.results import SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
-MODEL_KINDS = ("checkpoint", "calculator", "baseline")
+MODEL_KINDS = ("checkpoint", "calculator", "baseline", "samples")  # samples: `atomfm generate --samples FILE`
 BETTER = ("lower", "higher")
 
 
