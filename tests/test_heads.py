@@ -199,3 +199,14 @@ def test_reference_energies_enter_the_energy_at_the_structures_level_of_theory()
     assert table_to_dict(model.reference_energies.energies) == {
         "gfn2-xtb": {"H": -10.7, "C": -48.8, "N": -71.0, "O": -102.6}
     }
+
+
+def test_a_properties_head_saved_before_its_label_statistics_loads_as_it_predicted():
+    from model.heads.graph_readout import PropertyHead
+
+    old = PropertyHead(channels=8, lmax=1, num_properties=2)
+    weights = {k: v for k, v in old.state_dict().items() if k not in ("shift", "scale")}
+    new = PropertyHead(channels=8, lmax=1, num_properties=2)
+    new.set_statistics(torch.tensor([3.0, 4.0]), torch.tensor([2.0, 2.0]))
+    new.load_state_dict(weights, strict=True)
+    assert new.shift.tolist() == [0.0, 0.0] and new.scale.tolist() == [1.0, 1.0]

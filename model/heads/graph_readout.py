@@ -60,6 +60,12 @@ class PropertyHead(Head):
         self.shift.copy_(mean)
         self.scale.copy_(std.clamp_min(1e-6))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        # weights saved before the head had shift and scale load as they predicted: shift 0, scale 1
+        state_dict.setdefault(prefix + "shift", torch.zeros_like(self.shift))
+        state_dict.setdefault(prefix + "scale", torch.ones_like(self.scale))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, inp: HeadInput) -> dict[str, Tensor]:
         raw = self.mlp(pool_invariants(inp, self.pooling))
         return {"properties": self.shift.to(raw.dtype) + self.scale.to(raw.dtype) * raw}
