@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from stream_corpus import crystals, molecules, write_corpus
 
 from data_pipeline.atomic_files import atomic_path, is_temporary_of, write_text_atomic
 from data_pipeline.batch import AtomBatch
@@ -20,7 +21,6 @@ from data_pipeline.vocab import level_index
 from model.atomfm import AtomFM, ModelConfig, model_config
 from model.backbone import BackboneConfig
 from model.checkpoint_io import read_config
-from stream_corpus import crystals, molecules, write_corpus
 from train.config import TrainConfig, load_config
 from train.engine.distributed import DistContext
 from train.run_setup import fit_reference_energies, known_levels
