@@ -27,7 +27,7 @@ setup-bench: setup
 
 DEMO := runs/demo
 PHYSICS_TASKS := symmetry,chirality,eos,relaxation,md_drift,diatomics
-# smaller than the tasks' defaults, so the whole main job fits in about 20 minutes on 2 cores
+# smaller than the tasks' defaults, to keep the evaluation to ~6 minutes (the whole main job: 42 min wall from a fresh clone on a busy 2-core machine, 48 CPU-min)
 PHYSICS_OPTIONS := --task-option eos.max_structures=8 --task-option md_drift.max_structures=2 \
 	--task-option diatomics.points=24
 demo: setup
