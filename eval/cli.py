@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,12 +86,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    return report_written("eval", run, args)
+
+
+def report_written(
+    command: str, run: Callable[[argparse.Namespace], list[Path]], args: argparse.Namespace
+) -> int:
+    """Run a command that writes result files: print each path it wrote (exit 0), or its bad-input error
+    naming the command (exit 2)."""
     from data_pipeline.schema import BadInputError
 
     try:
         written = run(args)
     except BadInputError as err:
-        print(f"atomfm eval: {err}", file=sys.stderr)
+        print(f"atomfm {command}: {err}", file=sys.stderr)
         return 2
     for path in written:
         print(f"wrote {path}")

@@ -90,16 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from data_pipeline.schema import BadInputError
+    from eval.cli import report_written
 
-    try:
-        written = run(args)
-    except BadInputError as err:
-        print(f"atomfm generate: {err}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(f"wrote {path}")
-    return 0
+    return report_written("generate", run, args)
 
 
 def run(args: argparse.Namespace) -> list[Path]:
