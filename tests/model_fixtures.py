@@ -82,3 +82,18 @@ def silicon(rattle: float = 0.05, seed: int = 2) -> Atoms:
     atoms = bulk("Si", "diamond", a=5.43, cubic=True)
     atoms.rattle(rattle, seed=seed)
     return atoms
+
+
+# model.overrides of a 2-layer model small enough for fine-tuning and diffusion runs of a few steps
+TINY_TRAINING = {
+    "channels": 16,
+    "num_layers": 2,
+    "num_heads": 2,
+    "attn_channels": 8,
+    "ffn_channels": 16,
+    "lmax": 2,
+    "mmax": 1,
+    "cutoff": 4.5,
+    "num_rbf": 8,
+    "radial_channels": 16,
+}

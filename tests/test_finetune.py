@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from model_fixtures import TINY_TRAINING as TINY
 from stream_corpus import crystals, molecules, write_corpus
 
 from model.checkpoint_io import load_model
@@ -25,18 +26,6 @@ from train.run_setup import build_model
 from train.schedule import WarmupCosine
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "channels": 16,
-    "num_layers": 2,
-    "num_heads": 2,
-    "attn_channels": 8,
-    "ffn_channels": 16,
-    "lmax": 2,
-    "mmax": 1,
-    "cutoff": 4.5,
-    "num_rbf": 8,
-    "radial_channels": 16,
-}
 
 
 @pytest.fixture(scope="module")

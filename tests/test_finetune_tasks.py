@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from hostile import run
+from model_fixtures import TINY_TRAINING as TINY
 from stream_corpus import crystals, molecules, write_corpus
 
 from data_pipeline.corpus_reader import read_split
@@ -25,18 +26,6 @@ from model.checkpoint_layout import list_checkpoints
 from train.logging import read_metrics
 from train.replay import PseudoLabeller
 
-TINY = {
-    "channels": 16,
-    "num_layers": 2,
-    "num_heads": 2,
-    "attn_channels": 8,
-    "ffn_channels": 16,
-    "lmax": 2,
-    "mmax": 1,
-    "cutoff": 4.5,
-    "num_rbf": 8,
-    "radial_channels": 16,
-}
 HEADS = ["energy", "forces_direct", "noise", "charges", "atom_type", "embedding"]
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from ase.build import bulk, molecule
+from model_fixtures import TINY_TRAINING as TINY
 from model_fixtures import alanine, small_model
 from stream_corpus import molecules, write_corpus
 from torch.testing import assert_close
@@ -30,18 +31,6 @@ from train.tasks.diffusion import DiffusionSchedule, complete_graph
 
 CUTOFF = 4.0
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "channels": 16,
-    "num_layers": 2,
-    "num_heads": 2,
-    "attn_channels": 8,
-    "ffn_channels": 16,
-    "lmax": 2,
-    "mmax": 1,
-    "cutoff": 4.5,
-    "num_rbf": 8,
-    "radial_channels": 16,
-}
 
 
 def atomfm(*args: str) -> None:
