@@ -72,6 +72,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run("data_pipeline.annotate", "main"))
 
+    p = dsub.add_parser(
+        "subset", help="copy a seeded subset of one split (whole groups, labels kept) into a new corpus"
+    )
+    p.add_argument("corpus", help="corpus folder to read")
+    p.add_argument("--out", required=True, help="new corpus folder")
+    p.add_argument("--split", choices=["train", "val", "test"], default="train")
+    p.add_argument("--structures", type=int, default=None, help="how many structures (default: all of the split)")
+    p.add_argument("--domain", choices=["molecule", "protein", "material"], default=None)
+    p.add_argument("--source", default=None, help="source name in the new corpus (default subset-<split>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the group order (one seed: nested subsets)")
+    p.set_defaults(func=_run("data_pipeline.subset", "main"))
+
     data.set_defaults(func=lambda args: data.print_help() or 0)
 
 

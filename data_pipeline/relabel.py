@@ -29,16 +29,17 @@ def corpus_structures(
     """Every structure of ``corpus`` (all splits), of ``domain``, from at most ``max_groups`` seeded groups."""
     chosen: set[str] | None = None
     if max_groups is not None:
-        groups = sorted({s.group_id for split in SPLITS for s in _split(corpus, split) if _wanted(s, domain)})
+        groups = sorted({s.group_id for split in SPLITS for s in split_or_empty(corpus, split) if of_domain(s, domain)})
         order = np.random.default_rng(seed).permutation(len(groups))[:max_groups]
         chosen = {groups[i] for i in order}
     for split in SPLITS:
-        for s in _split(corpus, split):
-            if _wanted(s, domain) and (chosen is None or s.group_id in chosen):
+        for s in split_or_empty(corpus, split):
+            if of_domain(s, domain) and (chosen is None or s.group_id in chosen):
                 yield s
 
 
-def _split(corpus: str, split: str) -> Iterator[Structure]:
+def split_or_empty(corpus: str, split: str) -> Iterator[Structure]:
+    """The structures of one split; a split the corpus does not have is empty."""
     try:
         yield from read_split([corpus], split)
     except BadInputError as err:
@@ -46,7 +47,7 @@ def _split(corpus: str, split: str) -> Iterator[Structure]:
             raise
 
 
-def _wanted(s: Structure, domain: str | None) -> bool:
+def of_domain(s: Structure, domain: str | None) -> bool:
     return domain is None or s.domain == domain
 
 

@@ -52,3 +52,24 @@ def _maybe(corpus, split):
         return list(read_split([str(corpus)], split))
     except Exception:
         return []
+
+
+def test_subsets_of_one_split_are_nested_keep_labels_and_their_split(tmp_path, capsys):
+    source = tmp_path / "source"
+    cells = crystals(24)
+    ingest_structures(
+        cells, source, source="cells", seed=3, split_fractions=(0.6, 0.2, 0.2), shard_size=4, progress=False
+    )
+    train = {s.key: s for s in read_split([str(source)], "train")}
+    subsets = {}
+    for n in (3, len(train) - 1):
+        out = tmp_path / f"n{n}"
+        assert atomfm(["data", "subset", str(source), "--structures", str(n), "--out", str(out)]) == 0
+        subsets[n] = {s.key: s for s in read_split([str(out)], "train")}
+        assert len(subsets[n]) == n and not _maybe(out, "val") and not _maybe(out, "test")
+    small, large = subsets.values()
+    assert set(small) <= set(large)
+    for key, s in large.items():
+        assert s.energy == train[key].energy and (s.forces == train[key].forces).all()
+    assert atomfm(["data", "subset", str(source), "--structures", "999", "--out", str(tmp_path / "x")]) == 2
+    assert "--structures" in capsys.readouterr().err and not (tmp_path / "x").exists()
