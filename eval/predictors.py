@@ -84,6 +84,7 @@ class CheckpointPredictor:
             "trained_forces": force_kind(self.model),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "training_curve": training_curve(self.path),
+            "training": training_summary(self.path),
         }
 
     def _level(self, s: Structure) -> Structure:
@@ -258,9 +259,9 @@ def import_factory(spec: str) -> Callable[..., Calculator]:
 
 
 def training_curve(checkpoint: Path) -> list[dict[str, Any]] | None:
-    """The run's ``metrics.jsonl`` records (step, losses, validation metrics) when the checkpoint is in a run
-    folder (``<run>/checkpoints/step_*``) or an export beside one (``<run>/export``)."""
-    for run in (checkpoint.parent.parent, checkpoint.parent):
+    """The run's ``metrics.jsonl`` records (step, losses, validation metrics): the copy an export keeps, or
+    the run folder's when the checkpoint is in one (``<run>/checkpoints/step_*``) or beside one."""
+    for run in (checkpoint, checkpoint.parent.parent, checkpoint.parent):
         path = run / "metrics.jsonl"
         if path.is_file():
             records = []
@@ -278,6 +279,39 @@ def training_curve(checkpoint: Path) -> list[dict[str, Any]] | None:
                 )
             return records
     return None
+
+
+def training_summary(checkpoint: Path) -> dict[str, Any] | None:
+    """How the weights were trained, from the run config and trainer state a checkpoint (or its export) keeps:
+    what they started from (``init_from``: None means from scratch), the steps, data and tasks. Reports pair
+    models by it (pretrained versus from scratch at an equal budget)."""
+    files = CheckpointFolder(checkpoint)
+    if not files.run_config.is_file():
+        return None
+    import yaml
+
+    try:
+        config = yaml.safe_load(files.run_config.read_text()) or {}
+        state = json.loads(files.trainer_state.read_text()) if files.trainer_state.is_file() else {}
+    except (yaml.YAMLError, ValueError, UnicodeDecodeError):
+        return None
+    run, data, model = (config.get(k) or {} for k in ("run", "data", "model"))
+    return {
+        "init_from": model.get("init_from"),
+        "max_steps": run.get("max_steps"),
+        "step": state.get("step"),
+        "structures_seen": state.get("structures_seen"),
+        "atoms_seen": state.get("atoms_seen"),
+        "world_size": state.get("world_size"),
+        "seed": run.get("seed"),
+        "corpus": data.get("corpus"),
+        "split": data.get("split"),
+        "domain_weights": data.get("domain_weights"),
+        "max_atoms": data.get("max_atoms"),
+        "conservative_forces": model.get("conservative_forces"),
+        "tasks": sorted(config.get("tasks") or {}),
+        "lr": (config.get("optim") or {}).get("lr"),
+    }
 
 
 def _default_name(folder: Path) -> str:

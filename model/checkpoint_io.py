@@ -71,8 +71,10 @@ def read_config(path: Path) -> ModelConfig:
     return ModelConfig.from_dict(raw, source=str(path))
 
 
-def save_export(model: AtomFM, out_dir: str | os.PathLike) -> Path:
-    """Write ``model.safetensors`` (float32) and ``model_config.json`` into ``out_dir``, each atomically.
+def save_export(model: AtomFM, out_dir: str | os.PathLike, provenance: list[Path] | None = None) -> Path:
+    """Write ``model.safetensors`` (float32) and ``model_config.json`` into ``out_dir``, each atomically,
+    with copies of the ``provenance`` files that exist (the run's ``config.yaml`` and ``metrics.jsonl``:
+    how the weights were trained, for evaluation reports), all in ``checksums.json``.
 
     LoRA adapters are merged into plain weights first (on a copy), so the export loads like any model."""
     if has_lora(model):
@@ -87,7 +89,12 @@ def save_export(model: AtomFM, out_dir: str | os.PathLike) -> Path:
     with atomic_path(files.export_weights) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
     write_text_atomic(files.model_config, json.dumps(model.config.to_dict(), indent=2))
-    write_checksums(files.path, [EXPORT_WEIGHTS, MODEL_CONFIG])
+    copied = []
+    for source in provenance or []:
+        if Path(source).is_file() and Path(source).name not in (EXPORT_WEIGHTS, MODEL_CONFIG):
+            write_text_atomic(files.path / Path(source).name, Path(source).read_text())
+            copied.append(Path(source).name)
+    write_checksums(files.path, [EXPORT_WEIGHTS, MODEL_CONFIG, *copied])
     return files.path
 
 

@@ -244,3 +244,16 @@ def test_a_new_level_starts_from_the_nearest_known_name():
     assert nearest_level("wb97x-d/def2-tzvp", list(LEVELS_OF_THEORY)) == "wb97x-d"
     assert nearest_level("pbe0", list(LEVELS_OF_THEORY)) == "pbe"
     assert nearest_level("my-dft", list(LEVELS_OF_THEORY)) is None
+
+
+def test_an_export_keeps_how_it_was_trained_for_reports(pretrained):
+    from eval.predictors import CheckpointPredictor, training_curve
+
+    export = pretrained / "export"
+    assert {"config.yaml", "trainer_state.json", "metrics.jsonl"} <= {p.name for p in export.iterdir()}
+    identity = CheckpointPredictor(export).identity()
+    training = identity["training"]
+    assert training["init_from"] is None and training["step"] == training["max_steps"] > 0
+    assert training["tasks"] and training["corpus"]
+    assert [r["step"] for r in training_curve(export)] == [r["step"] for r in read_metrics(pretrained)]
+    load_model(export)  # the copies are in its checksums: it still verifies and loads

@@ -31,7 +31,8 @@ def export_checkpoint(
 ) -> Path:
     """Write the export of ``checkpoint`` (with ``best``: the run's best by validation) into ``out``."""
     from model.checkpoint_io import load_model, save_export
-    from model.checkpoint_layout import best_checkpoint, resolve_checkpoint
+    from model.checkpoint_layout import CheckpointFolder, best_checkpoint, resolve_checkpoint
+    from train.logging import METRICS_FILE
     from train.checkpoint import load_ema_weights
 
     folder = best_checkpoint(checkpoint) if best else resolve_checkpoint(checkpoint)
@@ -40,7 +41,10 @@ def export_checkpoint(
         state = model.state_dict()
         state.update(load_ema_weights(folder))
         model.load_state_dict(state)
-    return save_export(model, out)
+    run_folder = folder.parent.parent  # <run>/checkpoints/step_*
+    files = CheckpointFolder(folder)
+    provenance = [files.run_config, files.trainer_state, run_folder / METRICS_FILE]
+    return save_export(model, out, provenance=provenance)
 
 
 def main(args: argparse.Namespace) -> int:
