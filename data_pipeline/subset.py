@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from data_pipeline.ingest import IngestOptions, ingest_structures
-from data_pipeline.relabel import of_domain, split_or_empty, split_options
+from data_pipeline.relabel import of_domain, split_options, split_or_empty
 from data_pipeline.schema import BadInputError, Structure
 
 

@@ -32,8 +32,8 @@ def export_checkpoint(
     """Write the export of ``checkpoint`` (with ``best``: the run's best by validation) into ``out``."""
     from model.checkpoint_io import load_model, save_export
     from model.checkpoint_layout import CheckpointFolder, best_checkpoint, resolve_checkpoint
-    from train.logging import METRICS_FILE
     from train.checkpoint import load_ema_weights
+    from train.logging import METRICS_FILE
 
     folder = best_checkpoint(checkpoint) if best else resolve_checkpoint(checkpoint)
     model = load_model(folder)
