@@ -308,10 +308,26 @@ def training_summary(checkpoint: Path) -> dict[str, Any] | None:
         "split": data.get("split"),
         "domain_weights": data.get("domain_weights"),
         "max_atoms": data.get("max_atoms"),
+        "train_structures": _split_size(data.get("corpus"), data.get("split") or "train", data.get("domain_weights")),
         "conservative_forces": model.get("conservative_forces"),
         "tasks": sorted(config.get("tasks") or {}),
         "lr": (config.get("optim") or {}).get("lr"),
     }
+
+
+def _split_size(corpus: Any, split: str, weights: dict[str, float] | None) -> int | None:
+    """Structures of ``split`` in the training corpora, in the domains the run drew from (by their manifests,
+    relative to the working directory as the run was); None when a manifest cannot be read."""
+    total = 0
+    for folder in [corpus] if isinstance(corpus, str) else corpus or []:
+        try:
+            domains = json.loads((Path(folder) / "manifest.json").read_text())["corpus"]["domains"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        for domain, counts in domains.items():
+            if weights is None or (weights.get(domain) or 0) > 0:
+                total += int(counts.get(f"split.{split}", 0))
+    return total or None
 
 
 def _default_name(folder: Path) -> str:

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from leaderboard_results import metric, model, write_results
+from leaderboard_results import DATA, metric, model, write_results
 
 from data_pipeline.schema import BadInputError
 from eval.leaderboard import build_report
@@ -194,3 +194,36 @@ def test_generation_results_get_their_own_board_with_the_sample_count_on_every_c
     for row in rows:
         cells = row.split(" | ")[3:]
         assert [re.search(r"n=(\d+)", c).group(1) for c in cells] == ["20", "20", "4"], row
+
+
+def test_pretrained_and_scratch_arms_of_equal_budgets_are_paired_with_their_gain_and_learning_curve(tmp_path):
+    def trained(init_from, structures, steps=80):
+        return {
+            "init_from": init_from, "max_steps": steps, "seed": 1, "split": "train", "lr": 5e-4,
+            "domain_weights": {"molecule": 1.0}, "max_atoms": 256, "conservative_forces": True,
+            "tasks": ["energy", "forces"], "corpus": [f"data/n{structures}"], "train_structures": structures,
+        }
+
+    folder = tmp_path / "results"
+    arms = {"pretrained": ("runs/demo/direct", {50: 200, 200: 120, 1000: 60}), "scratch": (None, {50: 400, 200: 150, 1000: 61})}
+    for arm, (init_from, errors) in arms.items():
+        for n, force in errors.items():
+            who = {**model(f"{arm}-n{n}", "checkpoint"), "training": trained(init_from, n)}
+            body = {"metrics": {"molecule": {"force_mae": metric(force)}}, "details": {}}
+            write_result(folder, result_record("accuracy", "force_mae", who, DATA, body, wall_time_s=1.0))
+    odd = {**model("other-budget", "checkpoint"), "training": trained(None, 50, steps=40)}  # pairs with nothing
+    body = {"metrics": {"molecule": {"force_mae": metric(300.0)}}, "details": {}}
+    write_result(folder, result_record("accuracy", "force_mae", odd, DATA, body, wall_time_s=1.0))
+
+    out = tmp_path / "report"
+    build_report([str(folder)], str(out))
+    markdown = (out / "report.md").read_text()
+    section = markdown.split("## Pretrained versus from scratch")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| accuracy")]
+    assert len(rows) == 3 and "other-budget" not in section
+    by_size = {row.split(" | ")[4]: row for row in rows}
+    assert "+50%" in by_size["50"] and "apart" in by_size["50"]  # 200 vs 400
+    assert "+2%" in by_size["1,000"] and "overlap" in by_size["1,000"]  # 60 vs 61
+    curve = out / "plots" / "pretraining-accuracy-water_test-molecule.png"
+    assert curve.is_file() and f"]({curve.relative_to(out).as_posix()})" in section
+    assert "Pretrained versus from scratch" in (out / "index.html").read_text()

@@ -30,6 +30,12 @@ RANKS = (
     "board's last model."
 )
 
+GAIN = (
+    "Checkpoints trained alike (steps, seed, data, batch, tasks, learning rate) except for their start: "
+    "pretrained weights or from scratch. Gain: how much lower the pretrained arm's error is, as a share of "
+    "the scratch arm's; intervals: whether the two 95% intervals are apart."
+)
+
 
 @dataclass
 class Figures:
@@ -39,6 +45,7 @@ class Figures:
     curves: dict[str, str] = field(default_factory=dict)  # model -> learning curve
     parity: dict[Path, list[tuple[str, str]]] = field(default_factory=dict)  # result -> [(caption, png)]
     elements: dict[Path, list[tuple[str, str]]] = field(default_factory=dict)  # result -> [(caption, png)]
+    pretraining: list[tuple[str, str]] = field(default_factory=list)  # [(caption, png)]: learning curves
 
 
 def model_pages(models: list[str]) -> dict[str, str]:
@@ -94,8 +101,10 @@ def write_site(
     figures: Figures,
     pages: dict[str, str],
     created: str,
+    gain: Table | None = None,
 ) -> Path:
-    """Write ``index.html`` and the model pages into ``out_dir``; returns the index's path."""
+    """Write ``index.html`` and the model pages into ``out_dir``; returns the index's path. ``gain``: the
+    pretrained-versus-scratch table (:mod:`eval.leaderboard.pretraining`), shown after the overall ranking."""
     nav = "".join(f'<a href="{escape(pages[m])}">{escape(m)}</a>' for m in ranking.models)
     for model in ranking.models:
         own = [r for r in results if r.model == model]
@@ -104,7 +113,7 @@ def write_site(
     return write_text_atomic(
         out_dir / "index.html",
         _page(
-            "atomfm leaderboard", _index_body(results, ranking, overall, boards, figures, pages), nav, created
+            "atomfm leaderboard", _index_body(results, ranking, overall, boards, figures, pages, gain), nav, created
         ),
     )
 
@@ -116,6 +125,7 @@ def _index_body(
     boards: dict[Board, list[Table]],
     figures: Figures,
     pages: dict[str, str],
+    gain: Table | None = None,
 ) -> str:
     parts = [
         "<h1>atomfm leaderboard</h1>",
@@ -126,6 +136,13 @@ def _index_body(
         f'<p class="meta">{escape(RANKS)}</p>',
         html_table(overall),
     ]
+    if gain is not None:
+        parts += [
+            '<h2 id="pretraining">Pretrained versus from scratch</h2>',
+            f'<p class="meta">{escape(GAIN)}</p>',
+            html_table(gain),
+            *(_image(png, caption) for caption, png in figures.pretraining),
+        ]
     for board, tables in boards.items():
         on_board = [r for r in results if r.board == board]
         data = on_board[0].record["data"]

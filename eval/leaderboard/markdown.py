@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from eval.leaderboard.collect import Result
+from eval.leaderboard.html import GAIN
 from eval.leaderboard.rank import Board
 from eval.leaderboard.tables import Table, board_title, count_of
 
@@ -29,7 +30,12 @@ def markdown_table(table: Table) -> str:
 
 
 def markdown_report(
-    results: list[Result], overall: Table, boards: dict[Board, list[Table]], created: str
+    results: list[Result],
+    overall: Table,
+    boards: dict[Board, list[Table]],
+    created: str,
+    gain: Table | None = None,
+    curves: list[tuple[str, str]] | None = None,
 ) -> str:
     parts = [
         "# atomfm leaderboard",
@@ -40,6 +46,9 @@ def markdown_report(
         "Mean of the board ranks; a board a model is missing from counts as one place below its last model.",
         markdown_table(overall),
     ]
+    if gain is not None:
+        parts += ["## Pretrained versus from scratch", GAIN, markdown_table(gain)]
+        parts += [f"![{caption}]({png})" for caption, png in curves or []]
     for board, tables in boards.items():
         primary = next(r.primary_metric for r in results if r.board == board)
         parts += [f"## {board_title(board)}", f"Ranked on {primary}."]

@@ -172,6 +172,36 @@ def learning_curve_plot(curve: list[dict[str, Any]], title: str, path: Path) -> 
         return _save(fig, path)
 
 
+def pretraining_curve_plot(
+    arms: dict[str, list[tuple[int, dict[str, Any] | None]]], metric: str, title: str, path: Path
+) -> Path | None:
+    """``metric`` (with its 95% interval) against the training-set size, one line per arm."""
+    shown = {arm: [(n, m) for n, m in points if m and m["value"] is not None] for arm, points in arms.items()}
+    shown = {arm: points for arm, points in shown.items() if points}
+    if not shown:
+        return None
+    any_metric = next(iter(shown.values()))[0][1]
+    with _style():
+        fig = _figure(4.6, 3.4)
+        ax = fig.subplots()
+        for i, (arm, points) in enumerate(shown.items()):
+            sizes = [n for n, _ in points]
+            values = [m["value"] for _, m in points]
+            low = [m["value"] - (m["ci95"][0] if m["ci95"][0] is not None else m["value"]) for _, m in points]
+            high = [(m["ci95"][1] if m["ci95"][1] is not None else m["value"]) - m["value"] for _, m in points]
+            label = "from scratch" if arm == "scratch" else arm
+            ax.errorbar(sizes, values, yerr=[low, high], fmt="o-", ms=4, capsize=3, color=f"C{i}", label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("training structures")
+        unit = any_metric["unit"]
+        ax.set_ylabel(f"{metric} ({unit})" if unit else metric)
+        ax.legend(fontsize=8, frameon=False)
+        ax.grid(color="#e5e7eb", lw=0.8)
+        ax.set_axisbelow(True)
+        ax.set_title(title, fontsize=9)
+        return _save(fig, path)
+
+
 def interval_plot(
     rows: dict[str, list[tuple[str, dict[str, Any] | None]]], metric: str, title: str, path: Path
 ) -> Path | None:

@@ -10,7 +10,14 @@ from data_pipeline.atomic_files import write_text_atomic
 from eval.leaderboard.collect import Result, collect_results
 from eval.leaderboard.html import Figures, model_pages, write_site
 from eval.leaderboard.markdown import markdown_report
-from eval.leaderboard.plots import element_table_plot, interval_plot, learning_curve_plot, parity_plot
+from eval.leaderboard.plots import (
+    element_table_plot,
+    interval_plot,
+    learning_curve_plot,
+    parity_plot,
+    pretraining_curve_plot,
+)
+from eval.leaderboard.pretraining import Pair, learning_curves, pretraining_pairs, pretraining_table
 from eval.leaderboard.rank import Ranking, domains_of, rank_results
 from eval.leaderboard.tables import anchor, board_tables, board_title, overall_table
 
@@ -27,9 +34,26 @@ def build_report(result_dirs: list[str], out_dir: str) -> Path:
     overall = overall_table(results, ranking, pages)
     boards = board_tables(results, ranking, pages)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-    write_text_atomic(out / "report.md", markdown_report(results, overall, boards, created))
+    pairs = pretraining_pairs(results)
+    gain = pretraining_table(pairs)
     figures = draw_figures(results, ranking, out, pages)
-    return write_site(out, results, ranking, overall, boards, figures, pages, created)
+    figures.pretraining = draw_pretraining_curves(pairs, out)
+    write_text_atomic(
+        out / "report.md", markdown_report(results, overall, boards, created, gain, figures.pretraining)
+    )
+    return write_site(out, results, ranking, overall, boards, figures, pages, created, gain)
+
+
+def draw_pretraining_curves(pairs: list[Pair], out: Path) -> list[tuple[str, str]]:
+    """One PNG per (board, domain) whose pairs span two or more training-set sizes."""
+    drawn = []
+    for (board, domain), arms in learning_curves(pairs).items():
+        metric = next(p.scratch.primary_metric for p in pairs if p.board == board)
+        title = f"{board_title(board)} · {domain}: pretrained vs from scratch"
+        path = pretraining_curve_plot(arms, metric, title, out / PLOTS / f"pretraining-{anchor(*board, domain)}.png")
+        if path is not None:
+            drawn.append((f"{domain}: {metric} against training structures", path.relative_to(out).as_posix()))
+    return drawn
 
 
 def draw_figures(results: list[Result], ranking: Ranking, out: Path, pages: dict[str, str]) -> Figures:
