@@ -30,12 +30,19 @@ PHYSICS_TASKS := symmetry,chirality,eos,relaxation,md_drift,diatomics
 # smaller than the tasks' defaults, to keep the main job to its budget
 PHYSICS_OPTIONS := --task-option eos.max_structures=8 --task-option relaxation.max_structures=3 \
 	--task-option md_drift.max_structures=2 --task-option md_drift.steps=100 --task-option diatomics.points=24
-CONSERVATIVE := $(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train --config configs/finetune_conservative_demo.yaml
+# the recipe's length: the defaults fit the main job's budget (26 min measured from a fresh clone here); the
+# longer recipe, `make demo DIRECT_STEPS=300 CONSERVATIVE_STEPS=150` (~38 min), makes a better product
+# (docs/training.md, "The demo recipe at two lengths")
+DIRECT_STEPS ?= 200
+CONSERVATIVE_STEPS ?= 80
+CONSERVATIVE := $(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train \
+	--config configs/finetune_conservative_demo.yaml run.max_steps=$(CONSERVATIVE_STEPS)
 demo: setup
 	$(VENV)/bin/atomfm data demo --out data/demo --scale demo
 	$(VENV)/bin/atomfm data inspect data/demo
 	# stage 1, direct forces (the fast objective: denoising, masked atoms, energies, direct forces), 2 processes
-	$(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train --config configs/pretrain_demo.yaml
+	$(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train --config configs/pretrain_demo.yaml \
+		run.max_steps=$(DIRECT_STEPS)
 	# stage 2, conservative forces from stage 1's weights: the forces the calculator serves
 	$(CONSERVATIVE)
 	# the same stage from scratch, at the same budget (steps, batches, seed): what pretraining is worth

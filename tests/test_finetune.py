@@ -257,3 +257,18 @@ def test_an_export_keeps_how_it_was_trained_for_reports(pretrained):
     assert training["tasks"] and training["corpus"]
     assert [r["step"] for r in training_curve(export)] == [r["step"] for r in read_metrics(pretrained)]
     load_model(export)  # the copies are in its checksums: it still verifies and loads
+
+
+def test_elements_a_new_level_did_not_see_take_the_nearest_known_levels_references():
+    from train.run_setup import _unseen_elements_from_nearest_level
+
+    levels = ["none", "other", "gfn2-xtb", "emt", "pbe", "gfn1-xtb"]
+    table = torch.zeros(len(levels), 119, dtype=torch.float64)
+    table[2, [1, 6, 9]] = torch.tensor([-13.9, -58.2, -170.0], dtype=torch.float64)  # gfn2-xtb, known
+    table[3, [29]] = -3.5  # emt, known
+    table[5, [1, 6]] = torch.tensor([-14.5, -57.6], dtype=torch.float64)  # gfn1-xtb fitted on data without F
+    known = torch.tensor([False, False, True, True, False, False])
+    out = _unseen_elements_from_nearest_level(table, known, levels)
+    assert out[5, 1] == -14.5 and out[5, 6] == -57.6  # fitted values stay
+    assert out[5, 9] == -170.0 and out[5, 29] == 0  # F from gfn2-xtb (its nearest name), not EMT's Cu
+    assert torch.equal(out[:5], table[:5])  # known levels and a level absent from the data are untouched

@@ -265,8 +265,28 @@ def fit_reference_energies(
     if keep_known_levels:
         keep = known_levels(model)
         table = torch.where(keep[:, None], model.reference_energies.energies, table)
+        table = _unseen_elements_from_nearest_level(table, keep, levels)
     model.reference_energies.set_table(table)
     return fit
+
+
+def _unseen_elements_from_nearest_level(table: torch.Tensor, known: torch.Tensor, levels: list[str]) -> torch.Tensor:
+    """A new level's elements that the fine-tuning data did not contain (fitted value 0) take the reference
+    energy of the known level its conditioning row started from (:func:`nearest_level`; else the mean of the
+    known levels): a fine-tuning set of 50 molecules without fluorine must not leave F at 0 eV, which puts the
+    whole atomic energy of every F atom into the error."""
+    if not bool(known.any()):
+        return table
+    table = table.clone()
+    names = [levels[i] for i in range(len(levels)) if bool(known[i])]
+    for i, level in enumerate(levels):
+        if bool(known[i]) or not bool(table[i].any()):
+            continue  # a level the model knew keeps its table; one absent from the data stays empty
+        nearest = nearest_level(level, names)
+        source = table[levels.index(nearest)] if nearest else table[known].mean(dim=0)
+        unseen = table[i] == 0
+        table[i] = torch.where(unseen, source, table[i])
+    return table
 
 
 def _energy_without_references(model: AtomFM):
