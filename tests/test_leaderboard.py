@@ -219,9 +219,9 @@ def test_pretrained_and_scratch_arms_of_equal_budgets_are_paired_with_their_gain
     build_report([str(folder)], str(out))
     markdown = (out / "report.md").read_text()
     section = markdown.split("## Pretrained versus from scratch")[1].split("\n## ")[0]
-    rows = [line for line in section.splitlines() if line.startswith("| accuracy")]
+    rows = [line for line in section.splitlines() if line.startswith("| molecule")]
     assert len(rows) == 3 and "other-budget" not in section
-    by_size = {row.split(" | ")[4]: row for row in rows}
+    by_size = {row.split(" | ")[6]: row for row in rows}
     assert "+50%" in by_size["50"] and "apart" in by_size["50"]  # 200 vs 400
     assert "+2%" in by_size["1,000"] and "overlap" in by_size["1,000"]  # 60 vs 61
     curve = out / "plots" / "pretraining-accuracy-water_test-molecule.png"

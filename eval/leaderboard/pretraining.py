@@ -80,17 +80,17 @@ def pretraining_table(pairs: list[Pair]) -> Table | None:
     if not pairs:
         return None
     columns = [
-        Column("board", text=True),
         Column("domain", text=True),
-        Column("pretrained", text=True),
-        Column("from scratch", text=True),
-        Column("training structures", hint="per arm"),
-        Column("steps"),
         Column("metric", text=True),
-        Column("pretrained value", hint="95% interval"),
-        Column("from scratch value", hint="95% interval"),
+        Column("pretrained", hint="95% interval"),
+        Column("from scratch", hint="95% interval"),
         Column("gain", hint="% of scratch ↑"),
         Column("intervals", text=True),
+        Column("training structures", hint="per arm"),
+        Column("steps"),
+        Column("pretrained model", text=True),
+        Column("scratch model", text=True),
+        Column("board", text=True),
     ]
     rows = []
     for pair in pairs:
@@ -104,12 +104,7 @@ def pretraining_table(pairs: list[Pair]) -> Table | None:
             unit = (s or p or {}).get("unit", "")
             rows.append(
                 [
-                    Cell(board_title(pair.board), sort=board_title(pair.board)),
                     Cell(domain, sort=domain),
-                    Cell(pair.pretrained.model, sort=pair.pretrained.model),
-                    Cell(pair.scratch.model, sort=pair.scratch.model),
-                    _number(pair.training.get("train_structures")),
-                    _number(pair.training.get("max_steps")),
                     Cell(f"{metric} ({unit})" if unit else metric, sort=metric),
                     metric_cell(p),
                     metric_cell(s),
@@ -118,6 +113,11 @@ def pretraining_table(pairs: list[Pair]) -> Table | None:
                         MISSING if apart is None else ("apart" if apart else "overlap"),
                         sort=None if apart is None else int(apart),
                     ),
+                    _number(pair.training.get("train_structures")),
+                    _number(pair.training.get("max_steps")),
+                    Cell(pair.pretrained.model, sort=pair.pretrained.model),
+                    Cell(pair.scratch.model, sort=pair.scratch.model),
+                    Cell(board_title(pair.board), sort=board_title(pair.board)),
                 ]
             )
     return Table(anchor("pretraining"), "pretrained versus from scratch, equal budgets", columns, rows)
