@@ -62,13 +62,15 @@ def run_together(commands: dict[str, tuple[list[str], Path]]) -> dict[str, float
             handle,
             time.perf_counter(),
         )
-    took = {}
+    took, failed = {}, []
     for name, (process, handle, start) in started.items():
-        code = process.wait()
+        code = process.wait()  # every one, so a failure leaves no process behind
         took[name] = time.perf_counter() - start
         handle.close()
         if code != 0:
-            sys.exit(f"{name} failed (exit {code}); see {commands[name][1]}")
+            failed.append(f"{name} failed (exit {code}); see {commands[name][1]}")
+    if failed:
+        sys.exit("; ".join(failed))
     return took
 
 

@@ -267,6 +267,7 @@ def test_elements_a_new_level_did_not_see_take_the_nearest_known_levels_referenc
     table[2, [1, 6, 9]] = torch.tensor([-13.9, -58.2, -170.0], dtype=torch.float64)  # gfn2-xtb, known
     table[3, [29]] = -3.5  # emt, known
     table[5, [1, 6]] = torch.tensor([-14.5, -57.6], dtype=torch.float64)  # gfn1-xtb fitted on data without F
+    table[5, 9] = -3e-13  # what least squares leaves for an element it never saw
     known = torch.tensor([False, False, True, True, False, False])
     out = _unseen_elements_from_nearest_level(table, known, levels)
     assert out[5, 1] == -14.5 and out[5, 6] == -57.6  # fitted values stay

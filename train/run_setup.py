@@ -271,7 +271,7 @@ def fit_reference_energies(
 
 
 def _unseen_elements_from_nearest_level(table: torch.Tensor, known: torch.Tensor, levels: list[str]) -> torch.Tensor:
-    """A new level's elements that the fine-tuning data did not contain (fitted value 0) take the reference
+    """A new level's elements that the fine-tuning data did not contain (fitted value 0, to round-off) take the reference
     energy of the known level its conditioning row started from (:func:`nearest_level`; else the mean of the
     known levels): a fine-tuning set of 50 molecules without fluorine must not leave F at 0 eV, which puts the
     whole atomic energy of every F atom into the error."""
@@ -284,7 +284,7 @@ def _unseen_elements_from_nearest_level(table: torch.Tensor, known: torch.Tensor
             continue  # a level the model knew keeps its table; one absent from the data stays empty
         nearest = nearest_level(level, names)
         source = table[levels.index(nearest)] if nearest else table[known].mean(dim=0)
-        unseen = table[i] == 0
+        unseen = table[i].abs() < 1e-6  # least squares leaves an absent element at 0 (to round-off)
         table[i] = torch.where(unseen, source, table[i])
     return table
 
