@@ -93,7 +93,7 @@ def pretraining_table(pairs: list[Pair]) -> Table | None:
         Column("board", text=True),
     ]
     rows = []
-    for pair in pairs:
+    for pair in sorted(pairs, key=lambda p: (board_title(p.board), p.training.get("train_structures") or 0)):
         metric = pair.scratch.primary_metric
         for domain in domains_of([pair.scratch]):
             if domain == ALL and len(domains_of([pair.scratch])) > 1:

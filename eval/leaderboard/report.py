@@ -49,7 +49,7 @@ def draw_pretraining_curves(pairs: list[Pair], out: Path) -> list[tuple[str, str
     drawn = []
     for (board, domain), arms in learning_curves(pairs).items():
         metric = next(p.scratch.primary_metric for p in pairs if p.board == board)
-        title = f"{board_title(board)} · {domain}: pretrained vs from scratch"
+        title = f"{board_title(board)}\n{domain}: pretrained vs from scratch"
         path = pretraining_curve_plot(arms, metric, title, out / PLOTS / f"pretraining-{anchor(*board, domain)}.png")
         if path is not None:
             drawn.append((f"{domain}: {metric} against training structures", path.relative_to(out).as_posix()))
