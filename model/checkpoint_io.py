@@ -73,8 +73,8 @@ def read_config(path: Path) -> ModelConfig:
 
 def save_export(model: AtomFM, out_dir: str | os.PathLike, provenance: list[Path] | None = None) -> Path:
     """Write ``model.safetensors`` (float32) and ``model_config.json`` into ``out_dir``, each atomically,
-    with copies of the ``provenance`` files that exist (the run's ``config.yaml`` and ``metrics.jsonl``:
-    how the weights were trained, for evaluation reports), all in ``checksums.json``.
+    with copies of the ``provenance`` files that exist (the run's ``config.yaml``, ``trainer_state.json`` and
+    ``metrics.jsonl``: how the weights were trained, for evaluation reports), all in ``checksums.json``.
 
     LoRA adapters are merged into plain weights first (on a copy), so the export loads like any model."""
     if has_lora(model):

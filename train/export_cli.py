@@ -41,9 +41,10 @@ def export_checkpoint(
         state = model.state_dict()
         state.update(load_ema_weights(folder))
         model.load_state_dict(state)
-    run_folder = folder.parent.parent  # <run>/checkpoints/step_*
     files = CheckpointFolder(folder)
-    provenance = [files.run_config, files.trainer_state, run_folder / METRICS_FILE]
+    metrics = folder / METRICS_FILE  # an export's copy, else its run's (<run>/checkpoints/step_*)
+    metrics = metrics if metrics.is_file() else folder.parent.parent / METRICS_FILE
+    provenance = [files.run_config, files.trainer_state, metrics]
     return save_export(model, out, provenance=provenance)
 
 

@@ -280,7 +280,7 @@ def _unseen_elements_from_nearest_level(table: torch.Tensor, known: torch.Tensor
     table = table.clone()
     names = [levels[i] for i in range(len(levels)) if bool(known[i])]
     for i, level in enumerate(levels):
-        if bool(known[i]) or not bool(table[i].any()):
+        if bool(known[i]) or bool(table[i].abs().max() < 1e-6):
             continue  # a level the model knew keeps its table; one absent from the data stays empty
         nearest = nearest_level(level, names)
         source = table[levels.index(nearest)] if nearest else table[known].mean(dim=0)
