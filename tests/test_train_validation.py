@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from model_fixtures import TINY_TRAINING
 from stream_corpus import crystals, molecules, write_corpus
 
 from data_pipeline.schema import BadInputError
@@ -22,18 +23,7 @@ from train.logging import read_metrics
 from train.run_setup import build_model, load_initial_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "channels": 16,
-    "num_layers": 1,
-    "num_heads": 2,
-    "attn_channels": 8,
-    "ffn_channels": 16,
-    "lmax": 2,
-    "mmax": 1,
-    "cutoff": 4.5,
-    "num_rbf": 8,
-    "radial_channels": 16,
-}
+TINY = {**TINY_TRAINING, "num_layers": 1}
 
 
 @pytest.fixture(scope="module")
