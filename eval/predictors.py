@@ -318,15 +318,15 @@ def training_summary(checkpoint: Path) -> dict[str, Any] | None:
 def _split_size(corpus: Any, split: str, weights: dict[str, float] | None) -> int | None:
     """Structures of ``split`` in the training corpora, in the domains the run drew from (by their manifests,
     relative to the working directory as the run was); None when a manifest cannot be read."""
+    from data_pipeline.manifest import read_manifest
+
     total = 0
     for folder in [corpus] if isinstance(corpus, str) else corpus or []:
         try:
-            domains = json.loads((Path(folder) / "manifest.json").read_text())["corpus"]["domains"]
-        except (OSError, ValueError, KeyError, TypeError):
+            shards = read_manifest(folder).select(split=split)
+        except (BadInputError, TypeError):
             return None
-        for domain, counts in domains.items():
-            if weights is None or (weights.get(domain) or 0) > 0:
-                total += int(counts.get(f"split.{split}", 0))
+        total += sum(s.num_samples for s in shards if weights is None or (weights.get(s.domain) or 0) > 0)
     return total or None
 
 
