@@ -35,7 +35,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from torch_geometric.data import Batch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mace_race import MaceSettings, build_mace, channels_for_parameters, count_parameters  # noqa: E402
+from processes import launch, wait_all  # noqa: E402
 
 from data_pipeline.atomic_files import write_text_atomic  # noqa: E402
 from data_pipeline.corpus_reader import read_split  # noqa: E402
@@ -67,7 +67,6 @@ from train.logging import METRICS_FILE, read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LARGE_MOLECULES = "data/large_molecules/minidrugbank-gfn2.extxyz"
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 @dataclass(frozen=True)
@@ -139,28 +138,6 @@ def energy_parameters(model: AtomFM, s: Structure) -> int:
     used = sum(p.numel() for p in model.parameters() if p.grad is not None)
     model.zero_grad(set_to_none=True)
     return used
-
-
-def launch(command: list[str], log: Path) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(log, "w")
-    return subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **THREAD_ENV}, stdout=handle, stderr=subprocess.STDOUT
-    )
-
-
-def wait_all(processes: dict[str, tuple[subprocess.Popen, Path]]) -> None:
-    """Wait for every process; on a failure, stop the others and raise with the failed one's log tail."""
-    failed = None
-    for name, (process, log) in processes.items():
-        if failed is not None:
-            process.terminate()
-        if process.wait() != 0 and failed is None:
-            failed = (name, process.returncode, log)
-    if failed is not None:
-        name, code, log = failed
-        tail = "\n".join(log.read_text().splitlines()[-30:])
-        raise RuntimeError(f"{name} training exited with {code}; the end of {log}:\n{tail}")
 
 
 def final_record(log: Path) -> dict[str, Any]:

@@ -27,12 +27,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from processes import launch, wait_all  # noqa: E402
 
 from data_pipeline.atomic_files import write_text_atomic  # noqa: E402
 
@@ -52,26 +53,10 @@ def run(command: list[str], log: Path) -> None:
 
 
 def run_together(commands: dict[str, tuple[list[str], Path]]) -> dict[str, float]:
-    """Start every command at once; wait for all; the seconds each took. A failure names its log."""
-    started = {}
-    for name, (command, log) in commands.items():
-        log.parent.mkdir(parents=True, exist_ok=True)
-        handle = log.open("w")
-        started[name] = (
-            subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=_env()),
-            handle,
-            time.perf_counter(),
-        )
-    took, failed = {}, []
-    for name, (process, handle, start) in started.items():
-        code = process.wait()  # every one, so a failure leaves no process behind
-        took[name] = time.perf_counter() - start
-        handle.close()
-        if code != 0:
-            failed.append(f"{name} failed (exit {code}); see {commands[name][1]}")
-    if failed:
-        sys.exit("; ".join(failed))
-    return took
+    """Start every command at once; wait for all; the seconds each took. A failure stops the others and
+    names its log."""
+    env = {"WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}
+    return wait_all({name: (launch(command, log, env), log) for name, (command, log) in commands.items()})
 
 
 def _env() -> dict[str, str]:
@@ -182,7 +167,10 @@ def main() -> None:
     timings = {}
     for size in args.sizes:
         corpus = subset(args, size, args.out)
-        took = run_together(arm_commands(args, size, corpus, args.out))
+        try:
+            took = run_together(arm_commands(args, size, corpus, args.out))
+        except RuntimeError as err:
+            sys.exit(str(err))
         score(args, size, args.out)
         timings[size] = took
         print(f"n={size}: trained in {took['pretrained']:.0f} s (pretrained) and {took['scratch']:.0f} s (scratch)")
