@@ -180,9 +180,8 @@ def main() -> None:
         else:
             result = {"rows": table(opts)}
         result["wall_time_s"] = round(time.perf_counter() - start, 1)
-        state = (
-            json.loads(state_path.read_text()) if state_path.is_file() else {}
-        )  # another stage may have run
+        # read again: another stage may have run
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
         state[stage] = result
         write_text_atomic(state_path, json.dumps(state, indent=1))
         print(f"{stage}: {result['wall_time_s']} s", flush=True)
