@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model.parity import parity_activation, pseudo_mask
+from model.parity import parity_activation, pseudo_count
 from model.so3 import CoefficientLayout, spherical_harmonics
 
 
@@ -26,10 +26,7 @@ class GateActivation(nn.Module):
     def __init__(self, layout: CoefficientLayout, channels: int, pseudo: Tensor | None = None) -> None:
         super().__init__()
         self.layout, self.channels = layout, channels
-        self.register_buffer(
-            "pseudo", pseudo_mask(channels, 0.0) if pseudo is None else pseudo, persistent=False
-        )
-        self.has_pseudo = bool(self.pseudo.any())
+        self.pseudo_count = 0 if pseudo is None else pseudo_count(pseudo)  # the last channels are pseudo
         gate_of_coefficient = [ell - 1 for ell in layout.degree_of_coefficient[1:]]
         self.register_buffer(
             "gate_of_coefficient", torch.tensor(gate_of_coefficient, dtype=torch.long), persistent=False
@@ -44,7 +41,7 @@ class GateActivation(nn.Module):
         degree_zero, higher = x.split([1, x.shape[-2] - 1], dim=-2)
         return torch.cat(
             [
-                parity_activation(degree_zero, self.pseudo if self.has_pseudo else None),
+                parity_activation(degree_zero, self.pseudo_count),
                 higher * gates.index_select(-2, self.gate_of_coefficient),
             ],
             dim=-2,
@@ -69,10 +66,7 @@ class SeparableS2Activation(nn.Module):
         pseudo: Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.register_buffer(
-            "pseudo", pseudo_mask(channels, 0.0) if pseudo is None else pseudo, persistent=False
-        )
-        self.has_pseudo = bool(self.pseudo.any())
+        self.pseudo_count = 0 if pseudo is None else pseudo_count(pseudo)  # the last channels are pseudo
         if layout.mmax != layout.lmax:
             raise ValueError("the S² activation works on the full layout (mmax == lmax)")
         self.layout, self.channels = layout, channels
@@ -87,7 +81,7 @@ class SeparableS2Activation(nn.Module):
         return channels
 
     def forward(self, x: Tensor, scalars: Tensor) -> Tensor:
-        pseudo = self.pseudo if self.has_pseudo else None
+        pseudo = self.pseudo_count
         on_grid = parity_activation(torch.matmul(self.to_grid.to(x.dtype), x), pseudo)
         back = torch.matmul(self.from_grid[1:].to(x.dtype), on_grid)
         return torch.cat([parity_activation(scalars, pseudo).unsqueeze(-2), back], dim=-2)

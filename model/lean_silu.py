@@ -20,9 +20,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 
-def lean_silu(x: Tensor, pseudo: Tensor | None = None) -> Tensor:
-    """SiLU of x [..., C], or with ``pseudo`` [C] bool the odd SiLU x sigmoid(x²) on the pseudo channels
-    (None: no pseudo channels, which the caller knows when it is built: no data-dependent branch here)."""
+def lean_silu(x: Tensor, pseudo: int = 0) -> Tensor:
+    """SiLU of x [..., C], or with ``pseudo`` > 0 the odd SiLU x sigmoid(x²) on the last ``pseudo`` channels
+    (the pseudo channels of :func:`model.parity.pseudo_mask`, always the last block of a width)."""
     return _SiLU.apply(x, pseudo)
 
 
@@ -33,63 +33,79 @@ class LeanSiLU(nn.Module):
         return lean_silu(x)
 
 
-def _derivatives(x: Tensor, pseudo: Tensor | None, second: bool) -> Tensor:
-    """The first (or second) derivative of the activation at x."""
-    s = torch.sigmoid(x)
-    if second:
-        polar = s * (1 - s) * (2 + x * (1 - 2 * s))
-    else:
-        polar = s * (1 + x * (1 - s))
-    if pseudo is None:
-        return polar
+# Each derivative is computed for the whole width with the polar formula and then, where there are pseudo
+# channels, overwritten on their block with the odd one: no branch computed for channels it does not apply
+# to, no select. Inside autograd functions no graph is recorded, so the temporaries are updated in place
+# (these elementwise chains are bandwidth-bound: fewer passes over the tensor are what makes them fast).
+
+
+def _odd_first(x: Tensor) -> Tensor:
+    """odd_silu'(x) = t (1 + 2 x² (1 - t)), t = sigmoid(x²)."""
     square = x * x
     t = torch.sigmoid(square)
-    if second:
-        odd = 2 * x * t * (1 - t) * (3 + 2 * square * (1 - 2 * t))
-    else:
-        odd = t + 2 * square * t * (1 - t)
-    return torch.where(pseudo.to(x.device), odd, polar)
+    return (1 - t).mul_(square).mul_(2).add_(1).mul_(t)
+
+
+def _polar_both(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(silu'(x), silu''(x)), one sigmoid for both: silu'' = s (1 - s) (2 + x (1 - 2 s))."""
+    s = torch.sigmoid(x)
+    a = s * (1 - s)
+    first = torch.addcmul(s, x, a)
+    second = (1 - 2 * s).mul_(x).add_(2).mul_(a)
+    return first, second
+
+
+def _odd_both(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(odd_silu'(x), odd_silu''(x)), one sigmoid for both: odd_silu'' = 2 x t (1 - t) (3 + 2 x² (1 - 2 t))."""
+    square = x * x
+    t = torch.sigmoid(square)
+    a = t * (1 - t)
+    first = torch.addcmul(t, square, a, value=2)
+    second = (1 - 2 * t).mul_(square).mul_(2).add_(3).mul_(a).mul_(x).mul_(2)
+    return first, second
 
 
 class _SiLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, pseudo: Tensor | None) -> Tensor:  # noqa: ANN001
+    def forward(ctx, x: Tensor, pseudo: int) -> Tensor:  # noqa: ANN001
         ctx.pseudo = pseudo
         ctx.save_for_backward(x)
-        polar = nn.functional.silu(x)
-        if pseudo is None:
-            return polar
-        return torch.where(pseudo.to(x.device), x * torch.sigmoid(x * x), polar)
+        out = nn.functional.silu(x)
+        if pseudo:
+            tail = x[..., -pseudo:]
+            out[..., -pseudo:] = tail * torch.sigmoid(tail * tail)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
         (x,) = ctx.saved_tensors
         if torch.is_grad_enabled():  # a backward that builds a graph (create_graph=True)
             return _SiLUBackward.apply(x, grad, ctx.pseudo), None
-        polar = torch.ops.aten.silu_backward(grad, x)  # one fused kernel where no graph is built
-        if ctx.pseudo is None:
-            return polar, None
-        square = x * x
-        t = torch.sigmoid(square)
-        odd = grad * (t + 2 * square * t * (1 - t))
-        return torch.where(ctx.pseudo.to(x.device), odd, polar), None
+        out = torch.ops.aten.silu_backward(grad, x)  # one fused kernel where no graph is built
+        p = ctx.pseudo
+        if p:
+            out[..., -p:] = _odd_first(x[..., -p:]).mul_(grad[..., -p:])
+        return out, None
 
 
 class _SiLUBackward(torch.autograd.Function):
     """(x, grad) -> grad * activation'(x), keeping x and grad only."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, grad: Tensor, pseudo: Tensor | None) -> Tensor:  # noqa: ANN001
+    def forward(ctx, x: Tensor, grad: Tensor, pseudo: int) -> Tensor:  # noqa: ANN001
         ctx.pseudo = pseudo
         ctx.save_for_backward(x, grad)
-        return grad * _derivatives(x, pseudo, second=False)
+        out = torch.ops.aten.silu_backward(grad, x)
+        if pseudo:
+            out[..., -pseudo:] = _odd_first(x[..., -pseudo:]).mul_(grad[..., -pseudo:])
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: ANN001
         x, grad = ctx.saved_tensors
-        return (
-            grad_grad * grad * _derivatives(x, ctx.pseudo, second=True),
-            grad_grad * _derivatives(x, ctx.pseudo, second=False),
-            None,
-        )
+        first, second = _polar_both(x)
+        p = ctx.pseudo
+        if p:
+            first[..., -p:], second[..., -p:] = _odd_both(x[..., -p:])
+        return second.mul_(grad).mul_(grad_grad), first.mul_(grad_grad), None

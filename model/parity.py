@@ -50,8 +50,16 @@ def odd_silu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(x * x)
 
 
-def parity_activation(x: Tensor, pseudo: Tensor | None) -> Tensor:
-    """SiLU on polar channels, :func:`odd_silu` on pseudo ones (``pseudo`` [C] bool, None: all polar);
-    channels on the last dimension. Computed by :func:`model.lean_silu.lean_silu`, whose double backward
-    keeps only its input and gradient."""
+def pseudo_count(mask: Tensor) -> int:
+    """The number of pseudo channels of a :func:`pseudo_mask` (its last block), checked to be that block."""
+    count = int(mask.sum())
+    if bool(mask[: mask.numel() - count].any()):
+        raise ValueError("pseudo channels must be the last block of a width (model.parity.pseudo_mask)")
+    return count
+
+
+def parity_activation(x: Tensor, pseudo: int) -> Tensor:
+    """SiLU on polar channels, :func:`odd_silu` on the last ``pseudo`` channels (the pseudo ones; 0: all
+    polar); channels on the last dimension. Computed by :func:`model.lean_silu.lean_silu`, whose double
+    backward keeps only its input and gradient."""
     return lean_silu(x, pseudo)
