@@ -138,3 +138,18 @@ def test_a_wall_clock_budget_stops_the_run_with_a_checkpoint(corpus, tmp_path):
     final = json.loads(result.stdout.strip().splitlines()[-1])
     assert final["finished"] == "time_limit" and 0 < final["step"] < 100000
     assert list_checkpoints(out)[-1].name == f"step_{final['step']:08d}"
+
+
+def test_a_capped_validation_set_keeps_every_domains_share(corpus):
+    from data_pipeline.stream import StreamConfig
+    from train.config import ValidationConfig
+    from train.engine.distributed import DistContext
+    from train.validation import Validator
+
+    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    data = StreamConfig(corpus=[str(corpus)])
+    full = Validator(ValidationConfig(every=1), data, ctx)
+    capped = Validator(ValidationConfig(every=1, max_structures=7), data, ctx)
+    assert full.total == 14 and capped.total == 7
+    # the split holds 8 molecules and 6 crystals: half of each, not the first 7 in read order
+    assert sorted(s.domain for s in capped.mine) == ["material"] * 3 + ["molecule"] * 4

@@ -60,8 +60,9 @@ class ValidationConfig:
     """every: steps between validations (0: never). metric: the key of the best checkpoint (lower is better):
     ``val/<domain|all|mean>/<energy_mae|force_mae|stress_mae>``; ``mean`` weighs every domain once,
     ``all`` pools their atoms (proteins dominate it). patience: validations without
-    improvement before the run stops (0: never stop early). max_structures: score a fixed subset. domains:
-    only these (a stage that does not train proteins need not spend minutes scoring them)."""
+    improvement before the run stops (0: never stop early). max_structures: score a fixed subset, evenly
+    spaced over the split (so each domain keeps its share). domains: only these (a stage that does not
+    train proteins need not spend minutes scoring them)."""
 
     every: int = 0
     split: str = "val"

@@ -39,8 +39,10 @@ class Validator:
             ) from None
         if cfg.domains is not None:
             structures = [s for s in structures if s.domain in cfg.domains]
-        if cfg.max_structures is not None:
-            structures = structures[: cfg.max_structures]
+        if cfg.max_structures is not None and len(structures) > cfg.max_structures:
+            # evenly spaced over the split's order (source by source): every domain keeps its share
+            spacing = len(structures) / cfg.max_structures
+            structures = [structures[int(i * spacing)] for i in range(cfg.max_structures)]
         self.total = len(structures)
         self.mine: list[Structure] = structures[ctx.rank :: ctx.world_size]
 
