@@ -14,9 +14,16 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install --quiet "$(TORCH_SPEC)"; fi
-	$(PY) -m pip install --quiet -e '.[dev]'
-	# real protein files (PDB/mmCIF/trajectories) for the demo corpus and tests; data only, so no deps
-	$(PY) -m pip install --quiet --no-deps 'MDAnalysisTests>=2.7'
+	# DeepSpeed first: its CPU communication op (compiled once, ~1 min) builds while the rest installs; if
+	# that build fails here it is retried at the first DeepSpeed run, which reports why
+	$(PY) -m pip install --quiet "$$(sed -n 's/^ *"\(deepspeed[^"]*\)",.*/\1/p' pyproject.toml)"
+	$(PY) -c 'from deepspeed.comm.torch import build_shm_op; build_shm_op()' > $(VENV)/deepspeed_op_build.log 2>&1 & \
+	op=$$!; \
+	$(PY) -m pip install --quiet -e '.[dev]' && \
+	$(PY) -m pip install --quiet --no-deps 'MDAnalysisTests>=2.7'; installed=$$?; \
+	wait $$op || echo "DeepSpeed's CPU op did not build now ($(VENV)/deepspeed_op_build.log); the first run builds it"; \
+	exit $$installed
+	# (MDAnalysisTests: real protein files, PDB/mmCIF/trajectories, for the demo corpus and tests; data only)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -30,8 +37,9 @@ DEMO := runs/demo
 PHYSICS_TASKS := symmetry,chirality,eos,md_drift,diatomics
 PHYSICS_TASKS_2 := relaxation
 # smaller than the tasks' defaults, to keep the main job to its budget
-PHYSICS_OPTIONS := --task-option eos.max_structures=8 --task-option relaxation.max_structures=3 \
-	--task-option md_drift.max_structures=2 --task-option md_drift.steps=100 --task-option diatomics.points=24
+PHYSICS_OPTIONS := --task-option eos.max_structures=8 --task-option md_drift.max_structures=2 \
+	--task-option md_drift.steps=100 --task-option diatomics.points=24
+PHYSICS_OPTIONS_2 := --task-option relaxation.max_structures=3
 # the recipe's length: the defaults fit the main job's budget (26 min measured from a fresh clone here); the
 # longer recipe, `make demo DIRECT_STEPS=300 CONSERVATIVE_STEPS=150` (~38 min), makes a better product
 # (docs/training.md, "The demo recipe at two lengths")
@@ -40,12 +48,7 @@ CONSERVATIVE_STEPS ?= 80
 CONSERVATIVE := $(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train \
 	--config configs/finetune_conservative_demo.yaml run.max_steps=$(CONSERVATIVE_STEPS)
 demo: setup
-	# DeepSpeed's CPU communication op compiles once (~1 min, one core) while the corpus is built and labelled
-	mkdir -p $(DEMO); MAX_JOBS=1 $(PY) -c 'from deepspeed.comm.torch import build_shm_op; build_shm_op()' \
-		> $(DEMO)/deepspeed_op_build.log 2>&1 & op=$$!; \
-	$(VENV)/bin/atomfm data demo --out data/demo --scale demo; corpus=$$?; \
-	wait $$op || { echo "DeepSpeed's op build failed: $(DEMO)/deepspeed_op_build.log"; cat $(DEMO)/deepspeed_op_build.log; exit 1; }; \
-	exit $$corpus
+	$(VENV)/bin/atomfm data demo --out data/demo --scale demo
 	$(VENV)/bin/atomfm data inspect data/demo
 	# stage 1, direct forces (the fast objective: denoising, masked atoms, energies, direct forces), 2 processes
 	$(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train --config configs/pretrain_demo.yaml \
@@ -54,9 +57,10 @@ demo: setup
 	$(CONSERVATIVE)
 	# the same stage from scratch, at the same budget (steps, batches, seed): what pretraining is worth
 	$(CONSERVATIVE) model.init_from=null run.out_dir=$(DEMO)/scratch run.name=scratch_conservative_demo
-	$(VENV)/bin/atomfm export $(DEMO)/conservative --best --out $(DEMO)/export
-	$(VENV)/bin/atomfm export $(DEMO)/scratch --best --out $(DEMO)/scratch/export
-	$(VENV)/bin/atomfm export $(DEMO)/direct --out $(DEMO)/direct/export
+	$(VENV)/bin/atomfm export $(DEMO)/conservative --best --out $(DEMO)/export & a=$$!; \
+	$(VENV)/bin/atomfm export $(DEMO)/scratch --best --out $(DEMO)/scratch/export & b=$$!; \
+	$(VENV)/bin/atomfm export $(DEMO)/direct --out $(DEMO)/direct/export; c=$$?; \
+	wait $$a && wait $$b && exit $$c
 	# the product on the held-out test split, beside its first stage, the scratch arm, EMT and the
 	# reference+zero-force baseline; the physics tasks at the same time (two processes)
 	{ $(VENV)/bin/atomfm eval --checkpoint $(DEMO)/export --name atomfm-demo --checkpoint $(DEMO)/direct/export \
@@ -64,7 +68,7 @@ demo: setup
 		--calculator ase.calculators.emt:EMT --name EMT --baseline \
 		--data data/demo --tasks accuracy,conformer_ranking --out $(DEMO)/eval --no-progress && \
 	  $(VENV)/bin/atomfm eval --checkpoint $(DEMO)/export --name atomfm-demo --data data/demo \
-		--tasks $(PHYSICS_TASKS_2) $(PHYSICS_OPTIONS) --out $(DEMO)/eval --no-progress; } & accuracy=$$!; \
+		--tasks $(PHYSICS_TASKS_2) $(PHYSICS_OPTIONS_2) --out $(DEMO)/eval --no-progress; } & accuracy=$$!; \
 	$(VENV)/bin/atomfm eval --checkpoint $(DEMO)/export --name atomfm-demo --data data/demo \
 		--tasks $(PHYSICS_TASKS) $(PHYSICS_OPTIONS) --out $(DEMO)/eval --no-progress; physics=$$?; \
 	wait $$accuracy && exit $$physics
