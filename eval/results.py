@@ -8,6 +8,7 @@ Schema ``atomfm-eval-result`` version 1 (``docs/eval.md`` describes every field)
      "metrics": {domain or "all": {metric: {value, ci95, n, n_items, unit, better}}},
      "per_element": {domain: {element: {metric: {...}}}},        # tasks with per-element errors
      "parity": {domain: {"energy"|"forces": {"reference": [...], "predicted": [...], "unit": ...}}},
+     "per_structure": {domain: {"energy_abs"|"force_abs": {"keys", "sums", "counts"}}},  # accuracy (optional)
      "details": {...},                                            # task-specific tables
      "versions": {...}, "wall_time_s": ..., "created": "...Z", "host": "..."}
 """

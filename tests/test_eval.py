@@ -99,6 +99,10 @@ def test_eval_on_an_extxyz_file_gives_the_mae_of_a_plain_calculator_loop(labelle
     assert metrics["force_mae"]["n"] == 12 and metrics["force_mae"]["n_items"] == sum(
         e.size for e in force_errors
     )
+    # each structure's own error sums, under its key (what a paired comparison of two models matches on)
+    forces = result(tmp_path, "small")["per_structure"]["material"]["force_abs"]
+    assert len(set(forces["keys"])) == 12 and forces["counts"] == [e.size for e in force_errors]
+    np.testing.assert_allclose(forces["sums"], [e.sum() for e in force_errors], rtol=1e-4)
 
 
 def test_the_same_code_scores_a_foreign_calculator_and_the_baseline(labelled_file, tmp_path):

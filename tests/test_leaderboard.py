@@ -9,6 +9,7 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from leaderboard_results import DATA, metric, model, write_results
 
@@ -18,6 +19,7 @@ from eval.leaderboard.collect import collect_results
 from eval.leaderboard.plots import table_position
 from eval.leaderboard.rank import competition_ranks, rank_results
 from eval.leaderboard.tables import board_tables
+from eval.metrics import ratio_metric
 from eval.results import result_record, write_result
 from launch import cli
 
@@ -221,9 +223,51 @@ def test_pretrained_and_scratch_arms_of_equal_budgets_are_paired_with_their_gain
     section = markdown.split("## Pretrained versus from scratch")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| molecule")]
     assert len(rows) == 3 and "other-budget" not in section
-    by_size = {row.split(" | ")[6]: row for row in rows}
+    by_size = {row.split(" | ")[8]: row for row in rows}
     assert "+50%" in by_size["50"] and "apart" in by_size["50"]  # 200 vs 400
     assert "+2%" in by_size["1,000"] and "overlap" in by_size["1,000"]  # 60 vs 61
     curve = out / "plots" / "pretraining-accuracy-water_test-molecule.png"
     assert curve.is_file() and f"]({curve.relative_to(out).as_posix()})" in section
     assert "Pretrained versus from scratch" in (out / "index.html").read_text()
+
+
+def test_the_gain_gets_a_paired_interval_over_the_structures_both_arms_were_scored_on(tmp_path):
+    """Structures of very different difficulty make both arms' own intervals wide and overlapping; the
+    pretrained arm is 10% better on every one of them, which the paired interval shows."""
+    training = {
+        "max_steps": 80,
+        "seed": 1,
+        "split": "train",
+        "lr": 5e-4,
+        "domain_weights": {"molecule": 1.0},
+        "max_atoms": 256,
+        "conservative_forces": True,
+        "tasks": ["energy", "forces"],
+        "corpus": ["data/demo"],
+        "train_structures": 100,
+    }
+    rng = np.random.default_rng(0)
+    difficulty = rng.lognormal(0.0, 1.0, size=40)  # eV/Å per component, summed over 30 components each
+    keys = [f"molecules/{i}" for i in range(40)]
+    folder = tmp_path / "results"
+    for name, init_from, factor, order in (("pre", "runs/demo/direct", 0.9, 1), ("scratch", None, 1.0, -1)):
+        sums = 30 * difficulty * factor
+        counts = np.full(40, 30.0)
+        per_structure = {
+            "force_abs": {"keys": keys[::order], "sums": sums[::order].tolist(), "counts": counts.tolist()}
+        }
+        own = ratio_metric(sums, counts, unit="meV/Å", scale=1000.0).to_dict()
+        body = {
+            "metrics": {"molecule": {"force_mae": own}},
+            "per_structure": {"molecule": per_structure},
+            "details": {},
+        }
+        who = {**model(name, "checkpoint"), "training": {**training, "init_from": init_from}}
+        write_result(folder, result_record("accuracy", "force_mae", who, DATA, body, wall_time_s=1.0))
+    out = tmp_path / "report"
+    build_report([str(folder)], str(out))
+    section = (out / "report.md").read_text().split("## Pretrained versus from scratch")[1].split("\n## ")[0]
+    (row,) = [line for line in section.splitlines() if line.startswith("| molecule")]
+    cells = row.split(" | ")
+    assert cells[4] == "+10%" and cells[5] == "overlap"
+    assert cells[6].startswith("[+10%, +10%]") and cells[7] == "pretrained ahead"  # the same 10% on each

@@ -33,7 +33,10 @@ RANKS = (
 GAIN = (
     "Checkpoints trained alike (steps, seed, data, batch, tasks, learning rate) except for their start: "
     "pretrained weights or from scratch. Gain: how much lower the pretrained arm's error is, as a share of "
-    "the scratch arm's; intervals: whether the two 95% intervals are apart."
+    "the scratch arm's; intervals: whether the two 95% intervals are apart. Paired: the gain's own 95% "
+    "interval from one bootstrap over the structures both arms were scored on (each draw takes the same "
+    "structures for both), narrower than the two separate intervals because what the structures share "
+    "cancels; 'ahead' when it excludes zero."
 )
 
 
@@ -113,7 +116,10 @@ def write_site(
     return write_text_atomic(
         out_dir / "index.html",
         _page(
-            "atomfm leaderboard", _index_body(results, ranking, overall, boards, figures, pages, gain), nav, created
+            "atomfm leaderboard",
+            _index_body(results, ranking, overall, boards, figures, pages, gain),
+            nav,
+            created,
         ),
     )
 

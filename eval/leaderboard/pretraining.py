@@ -5,8 +5,10 @@ keeps: see :func:`eval.predictors.training_summary`). Two results on one board f
 training agrees on every budget field (:data:`BUDGET`: steps, seed, data, batch size, tasks, learning rate)
 and one started from pretrained weights (``init_from`` set) while the other started from scratch. The
 section reports, per pair and domain, both arms' primary metric with its interval, the relative gain and
-whether the intervals are apart; pairs that differ only in the size of their training set make a learning
-curve (metric against training structures, both arms).
+whether the intervals are apart, and, where both results keep their per-structure errors (the accuracy
+task's ``per_structure``), the gain's paired bootstrap interval over the structures both were scored on;
+pairs that differ only in the size of their training set make a learning curve (metric against training
+structures, both arms).
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from eval.leaderboard.collect import Result
 from eval.leaderboard.rank import ALL, Board, domains_of
 from eval.leaderboard.tables import MISSING, Cell, Column, Table, anchor, board_title, metric_cell
+from eval.metrics import paired_gain
 
 # what must agree for two runs to have had the same budget (``corpus`` and ``train_structures``: the same data)
 BUDGET = ("max_steps", "seed", "split", "domain_weights", "max_atoms", "conservative_forces", "tasks", "lr")
 DATA = ("corpus", "train_structures")
+PER_STRUCTURE = {"force_mae": "force_abs", "energy_mae": "energy_abs"}  # metric -> per-structure column
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,47 @@ def gain(pretrained: dict[str, Any] | None, scratch: dict[str, Any] | None) -> f
     return change if pretrained["better"] == "lower" else -change
 
 
+def paired(pair: Pair, domain: str, metric: str) -> dict[str, Any] | None:
+    """The gain (%, positive: pretrained better) with its paired bootstrap interval over the structures of
+    ``domain`` both arms were scored on; None where a result keeps no per-structure errors for it."""
+    column = PER_STRUCTURE.get(metric)
+    arms = [
+        ((r.record.get("per_structure") or {}).get(domain) or {}).get(column) if column else None
+        for r in (pair.pretrained, pair.scratch)
+    ]
+    if not all(arms):
+        return None
+    pretrained, scratch = arms
+    row_of = {key: i for i, key in enumerate(scratch["keys"])}
+    common = [(i, row_of[key]) for i, key in enumerate(pretrained["keys"]) if key in row_of]
+    if not common:
+        return None
+    mine, theirs = (list(rows) for rows in zip(*common, strict=True))
+    return paired_gain(
+        np.asarray(pretrained["sums"])[mine],
+        np.asarray(pretrained["counts"])[mine],
+        np.asarray(scratch["sums"])[theirs],
+        np.asarray(scratch["counts"])[theirs],
+    ).to_dict()
+
+
+def paired_cells(gain_metric: dict[str, Any] | None) -> list[Cell]:
+    if gain_metric is None or gain_metric["value"] is None:
+        return [Cell(MISSING, csv=("", "")), Cell(MISSING)]
+    low, high = gain_metric["ci95"]
+    verdict = "pretrained ahead" if low > 0 else "scratch ahead" if high < 0 else "not shown"
+    return [
+        Cell(
+            f"[{low:+.0f}%, {high:+.0f}%]",
+            sort=low,
+            note=f"n={gain_metric['n']}",
+            hover=f"paired bootstrap over {gain_metric['n']} structures",
+            csv=(repr(low), repr(high)),
+        ),
+        Cell(verdict, sort=verdict),
+    ]
+
+
 def pretraining_table(pairs: list[Pair]) -> Table | None:
     """One row per pair and domain: both arms' primary metric, the gain and whether the intervals are apart."""
     if not pairs:
@@ -86,6 +133,10 @@ def pretraining_table(pairs: list[Pair]) -> Table | None:
         Column("from scratch", hint="95% interval"),
         Column("gain", hint="% of scratch ↑"),
         Column("intervals", text=True),
+        Column(
+            "gain, paired", hint="95% interval", csv=("gain paired ci95 low (%)", "gain paired ci95 high (%)")
+        ),
+        Column("paired", text=True),
         Column("training structures", hint="per arm"),
         Column("steps"),
         Column("pretrained model", text=True),
@@ -113,6 +164,7 @@ def pretraining_table(pairs: list[Pair]) -> Table | None:
                         MISSING if apart is None else ("apart" if apart else "overlap"),
                         sort=None if apart is None else int(apart),
                     ),
+                    *paired_cells(paired(pair, domain, metric)),
                     _number(pair.training.get("train_structures")),
                     _number(pair.training.get("max_steps")),
                     Cell(pair.pretrained.model, sort=pair.pretrained.model),

@@ -1,6 +1,8 @@
 """Accuracy on labelled data, in the units of MACE's error tables: energy MAE and RMSE per atom (meV/atom),
 force MAE and RMSE per component (meV/Å) and cosine similarity, stress MAE (meV/Å³); per domain, overall, and
-the force error of each element; parity samples for the plots."""
+the force error of each element; parity samples for the plots; and each structure's absolute energy and force
+error sums under its key (``per_structure``), so that two models scored on the same structures can be compared
+pairwise (the leaderboard's pretrained-versus-scratch gain interval)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from model.predict import label_errors
 MEV = 1000.0
 PARITY_ENERGIES = 1000  # points per domain in the result file
 PARITY_FORCES = 3000
+PER_STRUCTURE = ("energy_abs", "force_abs")  # the columns kept per structure
 
 
 class _Errors:
@@ -26,12 +29,26 @@ class _Errors:
 
     def __init__(self) -> None:
         self.columns: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+        self.keys: dict[str, list[str]] = defaultdict(list)  # the structure of each entry of a column
         self.parity: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
 
-    def add(self, name: str, total: float, count: float) -> None:
+    def add(self, name: str, total: float, count: float, key: str = "") -> None:
         sums, counts = self.columns[name]
         sums.append(total)
         counts.append(count)
+        self.keys[name].append(key)
+
+    def per_structure(self) -> dict[str, dict[str, list]]:
+        """{column: {"keys", "sums", "counts"}}: each structure's error total (eV/atom·atoms, eV/Å·components)."""
+        return {
+            name: {
+                "keys": self.keys[name],
+                "sums": [round(x, 9) for x in self.columns[name][0]],
+                "counts": self.columns[name][1],
+            }
+            for name in PER_STRUCTURE
+            if self.columns[name][0]
+        }
 
     def metric(
         self, name: str, *, unit: str, scale: float = MEV, root: bool = False, better: str = "lower"
@@ -73,7 +90,7 @@ class Accuracy(EvalTask):
             for group in (groups[s.domain], groups["all"]):
                 self._add(group, s, pred, elements if group is groups["all"] else None)
         bar.close()
-        metrics, per_element, parity = {}, defaultdict(dict), {}
+        metrics, per_element, parity, per_structure = {}, defaultdict(dict), {}, {}
         for domain, errors in sorted(groups.items()):
             metrics[domain] = {
                 "energy_mae": errors.metric("energy_abs", unit="meV/atom"),
@@ -86,6 +103,7 @@ class Accuracy(EvalTask):
             metrics[domain] = {k: v.to_dict() for k, v in metrics[domain].items() if v.n > 0}
             if domain != "all":
                 parity[domain] = _parity(errors, seed)
+                per_structure[domain] = errors.per_structure()
         for (domain, z), errors in sorted(elements.items()):
             m = errors.metric("force_abs", unit="meV/Å")
             if m.n:
@@ -97,12 +115,18 @@ class Accuracy(EvalTask):
             "failed_per_domain": dict(failed),
             "failures": dict(getattr(predictor, "failures", {})),
         }
-        return {"metrics": metrics, "per_element": dict(per_element), "parity": parity, "details": details}
+        return {
+            "metrics": metrics,
+            "per_element": dict(per_element),
+            "parity": parity,
+            "per_structure": per_structure,
+            "details": details,
+        }
 
     @staticmethod
     def _add(errors: _Errors, s: Any, pred: Any, elements: dict | None) -> None:
         for name, (total, count) in label_errors(s, pred).items():
-            errors.add(name, total, count)
+            errors.add(name, total, count, s.key)
         if s.energy is not None:
             errors.parity["energy"][0].append(s.energy / s.num_atoms)
             errors.parity["energy"][1].append(pred.energy / s.num_atoms)
