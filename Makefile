@@ -38,13 +38,13 @@ PHYSICS_TASKS := symmetry,chirality,eos,md_drift,diatomics
 PHYSICS_TASKS_2 := relaxation
 # smaller than the tasks' defaults, to keep the main job to its budget
 PHYSICS_OPTIONS := --task-option eos.max_structures=8 --task-option md_drift.max_structures=2 \
-	--task-option md_drift.steps=100 --task-option diatomics.points=24
-PHYSICS_OPTIONS_2 := --task-option relaxation.max_structures=3
+	--task-option md_drift.steps=60 --task-option diatomics.points=12
+PHYSICS_OPTIONS_2 := --task-option relaxation.max_structures=2
 # the recipe's length: the defaults fit the main job's budget (19.5 min measured from a fresh clone here); the
 # longer recipe, `make demo DIRECT_STEPS=300 CONSERVATIVE_STEPS=150` (~26 min), makes a better product
 # (docs/training.md, "The demo recipe at two lengths")
-DIRECT_STEPS ?= 200
-CONSERVATIVE_STEPS ?= 80
+DIRECT_STEPS ?= 180
+CONSERVATIVE_STEPS ?= 75
 CONSERVATIVE := $(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train \
 	--config configs/finetune_conservative_demo.yaml run.max_steps=$(CONSERVATIVE_STEPS)
 demo: setup

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", choices=["smoke", "demo", "full"], default="demo")
     p.add_argument("--workers", type=int, default=None, help="labelling processes (default: number of cores)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--protein-chains", type=int, default=None, help="protein chains instead of the scale's (demo: 8)"
+    )
     p.set_defaults(func=_run("data_pipeline.demo", "main"))
 
     p = dsub.add_parser("relabel", help="label a corpus's structures at another level of theory into a new corpus")

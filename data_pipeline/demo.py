@@ -19,7 +19,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -186,13 +186,19 @@ def build_demo_corpus(
     workers: int | None = None,
     seed: int = 0,
     *,
+    protein_chains: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Build (or resume) the demo corpus in ``out_dir``; returns timings, per-source records and totals."""
+    """Build (or resume) the demo corpus in ``out_dir``; returns timings, per-source records and totals.
+    ``protein_chains``: that many protein chains instead of the scale's (e.g. enough for a protein val split)."""
     if scale not in SCALES:
         raise BadInputError(f"unknown scale {scale!r}; expected one of {', '.join(SCALES)}", field="scale")
+    if protein_chains is not None and protein_chains < 1:
+        raise BadInputError(f"must be at least 1, got {protein_chains}", field="protein-chains")
     workers = default_workers() if workers is None else workers
     plan = SCALES[scale]
+    if protein_chains is not None:
+        plan = replace(plan, protein_chains=protein_chains)
     started = time.perf_counter()
     parts: dict[str, Any] = {}
     for part in demo_parts(plan, seed=seed, workers=workers):
@@ -250,7 +256,13 @@ def print_summary(result: dict[str, Any]) -> None:
 def main(args: argparse.Namespace) -> int:
     """The `atomfm data demo` command."""
     try:
-        result = build_demo_corpus(args.out, scale=args.scale, workers=args.workers, seed=args.seed)
+        result = build_demo_corpus(
+            args.out,
+            scale=args.scale,
+            workers=args.workers,
+            seed=args.seed,
+            protein_chains=getattr(args, "protein_chains", None),
+        )
     except BadInputError as err:
         print(f"atomfm data demo: error: {err}", file=sys.stderr)
         return 2
