@@ -7,6 +7,7 @@ import glob
 from collections import defaultdict
 
 import numpy as np
+import pytest
 import torch
 import webdataset as wds
 
@@ -14,6 +15,7 @@ from data_pipeline.demo import SCALES, build_demo_corpus
 from data_pipeline.inspect_corpus import inspect_corpus
 from data_pipeline.manifest import read_manifest
 from data_pipeline.sample_codec import decode_sample
+from data_pipeline.schema import BadInputError
 from data_pipeline.sources.conformers import read_smiles, smiles_conformers
 from data_pipeline.sources.perturb import rattle
 
@@ -87,3 +89,9 @@ def test_smoke_corpus_has_three_domains_four_labellers_and_reads_back(tmp_path):
     again = build_demo_corpus(out, scale="smoke", workers=2, progress=False)
     assert read_manifest(out).shards == shards_before
     assert again["corpus"]["num_structures"] == corpus["num_structures"]
+
+    # another protein chain count: the plan changes (so the build redoes it), and the count is what was asked
+    fewer = build_demo_corpus(out, scale="smoke", workers=2, progress=False, protein_chains=2)
+    assert fewer["corpus"]["levels_of_theory"]["amber14"] == 2 * SCALES["smoke"].frames_per_chain
+    with pytest.raises(BadInputError, match="at least 1"):
+        build_demo_corpus(out, scale="smoke", protein_chains=0)
