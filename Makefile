@@ -40,7 +40,7 @@ PHYSICS_TASKS_2 := relaxation
 PHYSICS_OPTIONS := --task-option eos.max_structures=8 --task-option md_drift.max_structures=2 \
 	--task-option md_drift.steps=60 --task-option diatomics.points=12
 PHYSICS_OPTIONS_2 := --task-option relaxation.max_structures=2
-# the recipe's length: the defaults fit the main job's budget (19.5 min measured from a fresh clone here); the
+# the recipe's length: the defaults fit the main job's budget (19 min 28 s measured from a fresh clone here); the
 # longer recipe, `make demo DIRECT_STEPS=300 CONSERVATIVE_STEPS=150` (~26 min), makes a better product
 # (docs/training.md, "The demo recipe at two lengths")
 DIRECT_STEPS ?= 180
