@@ -46,6 +46,14 @@ def _odd_first(x: Tensor) -> Tensor:
     return (1 - t).mul_(square).mul_(2).add_(1).mul_(t)
 
 
+def _first_times(grad: Tensor, x: Tensor, pseudo: int) -> Tensor:
+    """grad * activation'(x): SiLU's fused backward kernel over the width, the odd one on the pseudo block."""
+    out = torch.ops.aten.silu_backward(grad, x)
+    if pseudo:
+        out[..., -pseudo:] = _odd_first(x[..., -pseudo:]).mul_(grad[..., -pseudo:])
+    return out
+
+
 def _polar_both(x: Tensor) -> tuple[Tensor, Tensor]:
     """(silu'(x), silu''(x)), one sigmoid for both: silu'' = s (1 - s) (2 + x (1 - 2 s))."""
     s = torch.sigmoid(x)
@@ -81,11 +89,7 @@ class _SiLU(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         if torch.is_grad_enabled():  # a backward that builds a graph (create_graph=True)
             return _SiLUBackward.apply(x, grad, ctx.pseudo), None
-        out = torch.ops.aten.silu_backward(grad, x)  # one fused kernel where no graph is built
-        p = ctx.pseudo
-        if p:
-            out[..., -p:] = _odd_first(x[..., -p:]).mul_(grad[..., -p:])
-        return out, None
+        return _first_times(grad, x, ctx.pseudo), None
 
 
 class _SiLUBackward(torch.autograd.Function):
@@ -95,10 +99,7 @@ class _SiLUBackward(torch.autograd.Function):
     def forward(ctx, x: Tensor, grad: Tensor, pseudo: int) -> Tensor:  # noqa: ANN001
         ctx.pseudo = pseudo
         ctx.save_for_backward(x, grad)
-        out = torch.ops.aten.silu_backward(grad, x)
-        if pseudo:
-            out[..., -pseudo:] = _odd_first(x[..., -pseudo:]).mul_(grad[..., -pseudo:])
-        return out
+        return _first_times(grad, x, pseudo)
 
     @staticmethod
     @once_differentiable
