@@ -261,7 +261,7 @@ def main(args: argparse.Namespace) -> int:
             scale=args.scale,
             workers=args.workers,
             seed=args.seed,
-            protein_chains=getattr(args, "protein_chains", None),
+            protein_chains=args.protein_chains,
         )
     except BadInputError as err:
         print(f"atomfm data demo: error: {err}", file=sys.stderr)
