@@ -427,10 +427,45 @@ def test_a_hung_rank_is_reported_within_the_collective_timeout_and_the_job_exits
     assert re.search(
         r"rank 1 made no progress for \d+ s at step 1, in a sleep injected by debug.hang_rank", output
     )
+    # rank 0 waits in the all-reduce: its own limit fires, or (when rank 1's limit came first) rank 1's exit
+    # fails the collective; either way rank 0 names the phase it waited in
     assert re.search(
-        r"rank 0 made no progress for \d+ s at step 1, in the forward pass and loss all-reduce", output
+        r"rank 0 (made no progress for|lost a peer rank after) \d+ s at step 1, in the forward pass and loss "
+        r"all-reduce",
+        output,
     )
     assert "Traceback" not in output.split("made no progress")[0]
+
+
+def test_a_rank_that_dies_mid_step_is_named_by_the_rank_waiting_for_it_without_a_traceback(corpus, tmp_path):
+    """Rank 1 is killed (SIGKILL) while rank 0 waits for it in the all-reduce, long before the collective limit:
+    rank 0 says where it was, with no traceback, and the job exits non-zero at once."""
+    run_dir = tmp_path / "killed"
+    config = elastic_config(corpus[0], run_dir, engine="ddp", max_steps=4)
+    raw = yaml.safe_load(config.read_text())
+    raw["distributed"] = {"collective_timeout_s": 120}
+    raw["debug"] |= {"hang_rank": 1, "hang_at_step": 1}
+    config.write_text(yaml.safe_dump(raw))
+    proc = start(torchrun(2, "-m", "launch.cli", "train", "--config", str(config)), tmp_path / "killed.log")
+    try:
+        wait_for(lambda: logged_steps(run_dir), proc, "step 1")
+        victim = wait_for(lambda: worker_pids(proc.pid).get(1), proc, "rank 1's process")
+        time.sleep(1.0)  # rank 0 is in the all-reduce, rank 1 in its injected sleep
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        code = proc.wait(timeout=60)
+        took = time.monotonic() - killed
+    finally:
+        stop(proc)
+    output = (tmp_path / "killed.log").read_text()
+    print(f"the job exited {took:.1f} s after rank 1 was killed")
+    assert code != 0 and took < 30, (code, took)
+    assert re.search(
+        r"rank 0 lost a peer rank after \d+ s at step 1, in the forward pass and loss all-reduce", output
+    ), output[-3000:]
+    assert "made no progress" not in output
+    assert "Traceback" not in output.split("lost a peer rank")[0]
+    assert not re.search(r'File ".*/(train|model|data_pipeline)/', output), output[-3000:]  # none of ours
 
 
 if __name__ == "__main__":

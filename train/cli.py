@@ -65,6 +65,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from train.engine.distributed import init_distributed, shutdown_distributed
     from train.trainer import NonFiniteLossError, train
+    from train.watchdog import HUNG_EXIT, PeerLostError
 
     local_rank = (
         args.local_rank if args.local_rank is not None else getattr(args, "launcher_local_rank", None)
@@ -78,6 +79,9 @@ def main(args: argparse.Namespace) -> int:
     except BadInputError as err:
         print(f"atomfm {command}: {err}", file=sys.stderr)
         return 2
+    except PeerLostError as err:
+        print(f"atomfm {command}: {err}. Stopping this process (exit code {HUNG_EXIT}).", file=sys.stderr)
+        return HUNG_EXIT
     finally:
         shutdown_distributed()
     return 0

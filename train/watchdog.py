@@ -6,18 +6,49 @@ checks the time spent in the current phase. Past ``timeout_s`` it prints one lin
 the phase, and ends the process with :data:`HUNG_EXIT` (the launcher then stops the other ranks, or restarts
 the job with ``--max-restarts``). The rank that hangs reports itself in its own phase; the ranks waiting for it
 report the collective they wait in.
+
+A rank that dies (the hung one, ended by its watchdog, or one that crashed) closes its connections, and a
+collective that another rank waits in then fails at once, often before that rank's own limit: the phase turns
+that failure into :class:`PeerLostError`, which names this rank, the step, the phase and how long it waited,
+so each rank still says where it was, whichever of the two limits came first.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-HUNG_EXIT = 4  # the exit code of a process that the watchdog ended
+HUNG_EXIT = 4  # the exit code of a process that the watchdog ended, or that lost a peer rank
+
+# what a collective's error says when the process at the other end has gone (gloo's TCP pairs, NCCL, the store)
+_PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused")
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The backend's message without its source location ("[.../pair.cc:553] ") and its advice."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)
+    return text.split(". ")[0].rstrip(".")[:200]
+
+
+class PeerLostError(RuntimeError):
+    """A collective failed inside a watched phase because another rank went away."""
+
+
+def is_peer_loss(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because the rank at the other end has gone."""
+    if not isinstance(err, RuntimeError) or isinstance(err, PeerLostError):
+        return False
+    import torch.distributed as dist
+
+    return isinstance(err, getattr(dist, "DistNetworkError", ())) or any(
+        mark in str(err).lower() for mark in _PEER_GONE
+    )
 
 
 class StepWatchdog:
@@ -35,9 +66,19 @@ class StepWatchdog:
     @contextmanager
     def phase(self, what: str, step: int) -> Iterator[None]:
         """Time ``what`` (e.g. "the gradient all-reduce") at ``step``; phases do not nest."""
-        self._phase = (what, step, time.monotonic())
+        since = time.monotonic()
+        self._phase = (what, step, since)
         try:
             yield
+        except RuntimeError as err:
+            if not is_peer_loss(err):
+                raise
+            waited = time.monotonic() - since
+            raise PeerLostError(
+                f"rank {self.rank} lost a peer rank after {waited:.0f} s at step {step}, in {what} "
+                f"({_first_sentence(err)}): another rank died or was stopped; its own line, in this log or "
+                "its own, says where it was, unless it was killed"
+            ) from None
         finally:
             self._phase = None
 
