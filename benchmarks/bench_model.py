@@ -9,7 +9,8 @@ Rows, per structure set and lmax (``benchmarks/model_rows.py`` has the models):
 
 - ``atomfm tiny`` (1.12 M parameters) and ``atomfm tiny c80`` (``tiny`` with 80 channels: 1.38 M, the
   size of MACE-medium),
-- ``MACE =ch``: MACE at tiny's channels (hidden ``64x0e + 64x1o + 64x2e``), ``MACE =par``: MACE-MP's
+- ``MACE =ch``: MACE at tiny's channels (hidden ``64x0e + 64x1o + 64x2e``) with MACE's two interactions,
+  ``MACE =ch =layers`` the same with as many interactions as tiny has layers (four), ``MACE =par``: MACE-MP's
   medium layout (``Cx0e + Cx1o``, spherical harmonics to 3) with C chosen to match ``tiny c80``'s count,
 - ``EqV2``: fairchem's EquiformerV2 at tiny's shape (runs when fairchem imports, e.g. from ``--eqv2-path``).
 
@@ -80,6 +81,21 @@ def row_specs(lmax: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         {"label": "atomfm tiny", "model": "atomfm", "overrides": {}, **common},
         {"label": "atomfm tiny c80", "model": "atomfm", "overrides": MACE_MEDIUM_SIZE, **common},
     ]
+    if (
+        args.backbone_only
+    ):  # the electrostatics (Ewald on periodic cells) and ZBL off: backbone beside backbone
+        specs.append(
+            {
+                "label": "atomfm tiny bare",
+                "model": "atomfm",
+                "overrides": {"long_range": False, "zbl": False},
+                **common,
+            }
+        )
+    if args.compiled:  # torch.compile of the layers: inference and direct training (no double backward)
+        specs.append(
+            {"label": "atomfm tiny compiled", "model": "atomfm", "overrides": {"compile": True}, **common}
+        )
     if not args.no_baselines:
         specs += [
             {
@@ -87,6 +103,14 @@ def row_specs(lmax: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                 "model": "mace",
                 "layout": "equal_channels",
                 "channels": tiny.channels,
+                **common,
+            },
+            {
+                "label": "MACE =ch =layers",
+                "model": "mace",
+                "layout": "equal_channels",
+                "channels": tiny.channels,
+                "interactions": tiny.num_layers,  # as many interactions as atomfm has layers
                 **common,
             },
             {
@@ -148,6 +172,16 @@ def main() -> None:
         "--repeat", type=int, default=None, help="timed calls per mode after a warm-up (median)"
     )
     parser.add_argument("--no-baselines", action="store_true", help="atomfm rows only")
+    parser.add_argument(
+        "--backbone-only",
+        action="store_true",
+        help="add 'atomfm tiny bare': no long-range electrostatics and no ZBL (MACE and EqV2 have neither)",
+    )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="add 'atomfm tiny compiled' (BackboneConfig.compile; its first call, compiling, is in first_call_s)",
+    )
     parser.add_argument("--models", nargs="+", default=None, help="only these row labels (e.g. 'MACE =ch')")
     parser.add_argument("--eqv2-path", nargs="*", default=[], help="extra sys.path for the EquiformerV2 rows")
     parser.add_argument("--row-memory", default="8GB", help="memory limit of each row's process")
@@ -237,8 +271,8 @@ def print_row(row: dict[str, Any]) -> None:
     if not hasattr(print_row, "header"):
         print_row.header = True
         cols = "".join(f"{name:>9}{'GiB':>6}" for _, name in MODE_COLUMNS)
-        print(f"{'model':<17}{'lmax':>5}{'system':>9}{'atoms':>7}{'params':>11}{cols}   (atoms/s, peak GiB)")
-    head = f"{row['label']:<17}{row['lmax']:>5}{row['system']:>9}{row.get('atoms', 0):>7}{row.get('parameters', 0):>11,}"
+        print(f"{'model':<21}{'lmax':>5}{'system':>9}{'atoms':>7}{'params':>11}{cols}   (atoms/s, peak GiB)")
+    head = f"{row['label']:<21}{row['lmax']:>5}{row['system']:>9}{row.get('atoms', 0):>7}{row.get('parameters', 0):>11,}"
     cells = []
     for mode, _ in MODE_COLUMNS:
         m = row.get("modes", {}).get(mode)

@@ -22,9 +22,12 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, repeat: int
     return (time.perf_counter() - start) / repeat
 
 
-def median_seconds_per_call(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
+def median_seconds_per_call(
+    fn: Callable[[], object], device: torch.device, repeat: int, first: list[float] | None = None
+) -> float:
     """Median seconds of ``fn()`` over ``repeat`` calls after one warm-up call (``repeat`` 0: the one call,
-    timed), synchronising CUDA around each: robust to the other jobs of a shared machine."""
+    timed), synchronising CUDA around each: robust to the other jobs of a shared machine. ``first``, when
+    given, receives the warm-up call's seconds (where a compiled model compiles)."""
 
     def timed() -> float:
         if device.type == "cuda":
@@ -35,5 +38,7 @@ def median_seconds_per_call(fn: Callable[[], object], device: torch.device, repe
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    first = timed()
-    return statistics.median([timed() for _ in range(repeat)]) if repeat else first
+    warm_up = timed()
+    if first is not None:
+        first.append(warm_up)
+    return statistics.median([timed() for _ in range(repeat)]) if repeat else warm_up
