@@ -81,9 +81,8 @@ def row_specs(lmax: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         {"label": "atomfm tiny", "model": "atomfm", "overrides": {}, **common},
         {"label": "atomfm tiny c80", "model": "atomfm", "overrides": MACE_MEDIUM_SIZE, **common},
     ]
-    if (
-        args.backbone_only
-    ):  # the electrostatics (Ewald on periodic cells) and ZBL off: backbone beside backbone
+    # the electrostatics (Ewald on periodic cells) and ZBL off: backbone beside backbone
+    if args.backbone_only:
         specs.append(
             {
                 "label": "atomfm tiny bare",
