@@ -406,14 +406,21 @@ def test_a_rank_killed_mid_run_under_max_restarts_comes_back_from_the_latest_che
     assert final[-1]["loss"] == read_metrics(reference_dir)[-1]["loss"]
 
 
-def test_a_hung_rank_is_reported_within_the_collective_timeout_and_the_job_exits_non_zero(corpus, tmp_path):
-    run_dir = tmp_path / "hung"
-    config = elastic_config(corpus[0], run_dir, engine="ddp", max_steps=4)
+def start_hanging_job(
+    corpus: Path, run_dir: Path, collective_timeout_s: float, log: Path
+) -> subprocess.Popen:
+    """Two DDP ranks under torchrun; rank 1 sleeps in step 1 (``debug.hang_rank``), rank 0 waits for it."""
+    config = elastic_config(corpus, run_dir, engine="ddp", max_steps=4)
     raw = yaml.safe_load(config.read_text())
-    raw["distributed"] = {"collective_timeout_s": 5}
+    raw["distributed"] = {"collective_timeout_s": collective_timeout_s}
     raw["debug"] |= {"hang_rank": 1, "hang_at_step": 1}
     config.write_text(yaml.safe_dump(raw))
-    proc = start(torchrun(2, "-m", "launch.cli", "train", "--config", str(config)), tmp_path / "hung.log")
+    return start(torchrun(2, "-m", "launch.cli", "train", "--config", str(config)), log)
+
+
+def test_a_hung_rank_is_reported_within_the_collective_timeout_and_the_job_exits_non_zero(corpus, tmp_path):
+    run_dir = tmp_path / "hung"
+    proc = start_hanging_job(corpus[0], run_dir, 5, tmp_path / "hung.log")
     try:
         wait_for(lambda: logged_steps(run_dir), proc, "step 1")
         reached = time.monotonic()
@@ -441,12 +448,7 @@ def test_a_rank_that_dies_mid_step_is_named_by_the_rank_waiting_for_it_without_a
     """Rank 1 is killed (SIGKILL) while rank 0 waits for it in the all-reduce, long before the collective limit:
     rank 0 says where it was, with no traceback, and the job exits non-zero at once."""
     run_dir = tmp_path / "killed"
-    config = elastic_config(corpus[0], run_dir, engine="ddp", max_steps=4)
-    raw = yaml.safe_load(config.read_text())
-    raw["distributed"] = {"collective_timeout_s": 120}
-    raw["debug"] |= {"hang_rank": 1, "hang_at_step": 1}
-    config.write_text(yaml.safe_dump(raw))
-    proc = start(torchrun(2, "-m", "launch.cli", "train", "--config", str(config)), tmp_path / "killed.log")
+    proc = start_hanging_job(corpus[0], run_dir, 120, tmp_path / "killed.log")
     try:
         wait_for(lambda: logged_steps(run_dir), proc, "step 1")
         victim = wait_for(lambda: worker_pids(proc.pid).get(1), proc, "rank 1's process")
