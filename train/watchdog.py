@@ -31,7 +31,7 @@ _PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken p
 
 def _first_sentence(err: BaseException) -> str:
     """The backend's message without its source location ("[.../pair.cc:553] ") and its advice."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = (str(err).strip() or type(err).__name__).splitlines()[0]
     text = re.sub(r"^\[[^\]]*\]\s*", "", text)
     return text.split(". ")[0].rstrip(".")[:200]
 
@@ -40,15 +40,11 @@ class PeerLostError(RuntimeError):
     """A collective failed inside a watched phase because another rank went away."""
 
 
-def is_peer_loss(err: BaseException) -> bool:
+def is_peer_loss(err: RuntimeError) -> bool:
     """Whether ``err`` is a collective failing because the rank at the other end has gone."""
-    if not isinstance(err, RuntimeError) or isinstance(err, PeerLostError):
-        return False
     import torch.distributed as dist
 
-    return isinstance(err, getattr(dist, "DistNetworkError", ())) or any(
-        mark in str(err).lower() for mark in _PEER_GONE
-    )
+    return isinstance(err, dist.DistNetworkError) or any(mark in str(err).lower() for mark in _PEER_GONE)
 
 
 class StepWatchdog:
