@@ -48,6 +48,7 @@ from model.zbl import ZBLRepulsion
 NEW_MODEL_ZBL = (
     True  # model_config()'s default for ModelConfig.zbl (the dataclass keeps old checkpoints' off)
 )
+NEW_MODEL_ZBL_SWITCH = 0.7  # model_config()'s ModelConfig.zbl_switch (the dataclass keeps old checkpoints' 1.0)
 PRETRAINING_HEADS: tuple[str, ...] = ("energy", "forces_direct", "noise", "charges", "atom_type", "embedding")
 # Outputs the model derives itself, and the heads each needs at least (electrostatics adds ``charges`` to
 # the energy's; direct ``forces`` need ``forces_direct``).
@@ -80,6 +81,9 @@ class ModelConfig:
     training pair repel. Off in this dataclass, so a ``model_config.json`` written before the field existed
     loads as it was trained; on for new models (:func:`model_config`, hence every training config unless it sets
     ``model.overrides.zbl: false``).
+    zbl_switch: the fraction of a pair's covalent bond length at which the prior has switched off: 1.0 in this
+    dataclass (checkpoints written before the field), 0.7 for new models, below the shortest real bonds, so
+    that the prior is zero at every training geometry (:mod:`model.zbl`).
     coverage: what the training batches held (elements, shortest distance), written by the trainer; the ASE
     calculator warns outside it. None: unknown (an untrained model, an older checkpoint).
     """
@@ -97,6 +101,7 @@ class ModelConfig:
     levels_of_theory: list[str] = field(default_factory=lambda: list(LEVELS_OF_THEORY))
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # adapters while fine-tuning; merged at export
     zbl: bool = False
+    zbl_switch: float = 1.0
     coverage: TrainingCoverage | None = None
 
     def __post_init__(self) -> None:
@@ -135,6 +140,12 @@ class ModelConfig:
                 f"{self.backbone.cutoff} Å]: damped pairs come from the model's edges",
                 field="long_range_damping",
             )
+        if not 0.0 < self.zbl_switch <= 2.0:
+            raise BadInputError(
+                f"zbl_switch {self.zbl_switch} must lie in (0, 2]: the fraction of a pair's covalent bond length "
+                "at which the repulsion prior has switched off",
+                field="zbl_switch",
+            )
         self.levels_of_theory = [level_key(n) for n in self.levels_of_theory]
         if self.levels_of_theory[: len(LEVELS_OF_THEORY)] != list(LEVELS_OF_THEORY):
             raise BadInputError(
@@ -171,7 +182,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     fields go to the backbone (``model_config("small", lmax=4, long_range=False)``). New models have the ZBL
     repulsion prior unless ``zbl=False``."""
     own = {f.name for f in dataclasses.fields(ModelConfig)} - {"backbone"}
-    model_overrides = {"zbl": NEW_MODEL_ZBL} | {k: v for k, v in overrides.items() if k in own}
+    model_overrides = {"zbl": NEW_MODEL_ZBL, "zbl_switch": NEW_MODEL_ZBL_SWITCH} | {k: v for k, v in overrides.items() if k in own}
     backbone_overrides = {k: v for k, v in overrides.items() if k not in own}
     if "levels_of_theory" in model_overrides and isinstance(
         model_overrides["levels_of_theory"], list | tuple
@@ -201,7 +212,7 @@ class AtomFM(nn.Module):
             if self.config.long_range
             else None
         )
-        self.zbl = ZBLRepulsion(bb.cutoff) if self.config.zbl else None
+        self.zbl = ZBLRepulsion(bb.cutoff, self.config.zbl_switch) if self.config.zbl else None
         self.register_buffer("atomic_masses", torch.tensor(atomic_masses[:NUM_ELEMENTS]), persistent=False)
         apply_lora(self, self.config.lora)
 

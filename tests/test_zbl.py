@@ -1,5 +1,6 @@
 """The ZBL short-range repulsion prior: bare Coulomb as nuclei meet, zero with zero slope and curvature at its
-cutoff, twice differentiable, invariant, and a model's dimers that rise steeply below their bond length."""
+cutoff (a fraction of the covalent bond length: zero at every real bond), twice differentiable, invariant, and a
+model's dimers that rise steeply below it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch.testing import assert_close
 
 from model.atomfm import AtomFM, ModelConfig, model_config
 from model.checkpoint_io import load_model, save_export
+from data_pipeline.schema import BadInputError
 from model.zbl import COULOMB, ZBLRepulsion
 
 ZBL = ZBLRepulsion(cutoff=5.0).double()
@@ -54,6 +56,26 @@ def test_the_repulsion_and_its_first_two_derivatives_vanish_at_the_covalent_bond
     assert (pair(z, inside) > 0).all() and (pair(z, inside).diff() < 0).all(), "positive and falling with r"
 
 
+def test_the_switch_fraction_moves_the_cutoff_and_new_models_feel_nothing_at_real_bonds():
+    """New models switch the prior off at 0.7 of the covalent bond length: below the shortest bonds of real
+    molecules (C≡N, C≡C, N≡N at 0.76–0.79 of it), which at the full length (f = 1) it pushed apart."""
+    from model.atomfm import NEW_MODEL_ZBL_SWITCH
+
+    new = ZBLRepulsion(cutoff=5.0, switch=NEW_MODEL_ZBL_SWITCH).double()
+    r_c = float(new.covalent_radii[6] * 2) * NEW_MODEL_ZBL_SWITCH
+    c = torch.full((2,), 6, dtype=torch.int64)
+    for value in (new.pair_energy(c, c, torch.tensor([r_c, r_c + 0.1], dtype=torch.float64)),):
+        assert_close(value, torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert float(new.pair_energy(c[:1], c[:1], torch.tensor([0.5 * r_c], dtype=torch.float64))) > 1.0
+    triple_bonds = {(6, 7): 1.16, (6, 6): 1.20, (7, 7): 1.10, (6, 8): 1.13}  # Å, HCN, ethyne, N₂, CO
+    for (zi, zj), r in triple_bonds.items():
+        pair_z = (torch.tensor([zi]), torch.tensor([zj]))
+        assert float(new.pair_energy(*pair_z, torch.tensor([r], dtype=torch.float64))) == 0.0
+        assert float(ZBL.pair_energy(*pair_z, torch.tensor([r], dtype=torch.float64))) > 0.1, "eV at f = 1"
+    with pytest.raises(ValueError, match="switch"):
+        ZBLRepulsion(cutoff=5.0, switch=0.0)
+
+
 def test_the_repulsion_is_twice_differentiable_in_the_positions():
     pos = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.1, 0.0], [0.1, 0.5, 0.2]], dtype=torch.float64)
     z = torch.tensor([1, 6, 8])
@@ -87,15 +109,16 @@ def dimer_energies(model: AtomFM, symbol: str, distances: np.ndarray) -> np.ndar
     return model(batch_of(*dimers))["energy"].detach().numpy()
 
 
-# Shortest pairs of a molecular training set: H–H in H₂, C–C in ethyne, O–O in O₂.
-SHORTEST_TRAINING_PAIR = {"H": 0.74, "C": 1.20, "O": 1.21}
+@pytest.mark.parametrize("symbol", ["C", "H", "O"])
+def test_a_homonuclear_dimer_rises_monotonically_below_the_switch_distance(symbol):
+    """From 0.02 Å to 90 % of where the prior switches off (0.7 of the covalent bond length, below every real
+    bond; the learned energy takes over from there, and an untrained model's is flat but not monotonic)."""
+    from ase.data import atomic_numbers, covalent_radii
 
+    from model.atomfm import NEW_MODEL_ZBL_SWITCH
 
-@pytest.mark.parametrize("symbol", sorted(SHORTEST_TRAINING_PAIR))
-def test_a_homonuclear_dimer_rises_monotonically_below_the_shortest_training_distance(symbol):
-    """From 0.02 Å to 80 % of the shortest training pair (the prior is off from the covalent bond length on,
-    where the learned energy takes over; an untrained model's is flat but not monotonic there)."""
-    distances = np.linspace(0.02, 0.8 * SHORTEST_TRAINING_PAIR[symbol], 60)
+    r_c = NEW_MODEL_ZBL_SWITCH * 2 * covalent_radii[atomic_numbers[symbol]]
+    distances = np.linspace(0.02, 0.9 * r_c, 60)
     with_prior = dimer_energies(small_model(zbl=True), symbol, distances)
     assert (np.diff(with_prior) < 0).all(), "the energy rises as the atoms approach"
     assert with_prior[0] - with_prior[-1] > 100.0, "and steeply: eV, not meV"
@@ -106,6 +129,15 @@ def test_a_homonuclear_dimer_rises_monotonically_below_the_shortest_training_dis
 def test_new_models_have_the_prior_and_old_configs_load_without_it(tmp_path):
     assert model_config("tiny").zbl and not model_config("tiny", zbl=False).zbl
     assert not ModelConfig().zbl
+    assert model_config("tiny").zbl_switch == 0.7 and ModelConfig().zbl_switch == 1.0
+    with_full_switch = save_export(small_model(zbl=True), tmp_path / "before_switch")
+    raw = json.loads((with_full_switch / "model_config.json").read_text())
+    del raw["zbl_switch"]  # an export written with the prior but before its switch fraction
+    (with_full_switch / "model_config.json").write_text(json.dumps(raw))
+    (with_full_switch / "checksums.json").unlink()
+    assert load_model(with_full_switch).zbl.switch == 1.0, "loads with the switch it was trained with"
+    with pytest.raises(BadInputError, match="zbl_switch"):
+        model_config("tiny", zbl_switch=-1.0)
     export = save_export(small_model(zbl=True), tmp_path / "new")
     assert load_model(export).zbl is not None
     old = save_export(small_model(zbl=False), tmp_path / "old")
