@@ -15,8 +15,9 @@ forces, activation checkpointing off and on): what the forward pass leaves autog
 backward (``model.activation_memory``), the most autograd holds at once over the whole step (layers that
 checkpointing recomputes included), and the process's peak resident memory growth over the step after a
 warm-up step on 8 atoms (which also counts gradients, temporaries and the allocator's slack), each case in
-a fresh child process. ``--protein``: also cobrotoxin (937 atoms, MDAnalysisTests) trained on conservative
-forces with checkpointing (``--protein-all``: without it too, ~14 GB before this issue's changes).
+a fresh child process. ``--protein``: also cobrotoxin (937 atoms, MDAnalysisTests) and the first 1,000+ atoms
+of adenylate kinase, trained on conservative forces with checkpointing (``--protein-all``: without it too,
+~14 GB for cobrotoxin before this issue's changes).
 
 ``--speed``: atoms/s of a training step (energy + direct or conservative forces, backward) on drug-like
 ligands and on a 64-atom silicon crystal, repeated and reported as medians.
@@ -77,6 +78,22 @@ def cobrotoxin() -> Atoms:
     atoms.pbc = False  # a dry protein, isolated: the file's CRYST1 box would make it a periodic Ewald sum
     atoms.info["domain"] = "protein"
     return atoms
+
+
+def adenylate_kinase_segment(min_atoms: int = 1000) -> Atoms:
+    """The first residues of adenylate kinase (adk_closed.pdb of MDAnalysisTests, with hydrogens; 214 residues,
+    3,341 atoms) up to the first residue boundary at or beyond ``min_atoms``: a 1,000-atom protein chain."""
+    data = Path(importlib.util.find_spec("MDAnalysisTests").origin).parent / "data"
+    atoms = ase.io.read(data / "adk_closed.pdb", index=0)
+    residues = atoms.arrays["residuenumbers"]
+    last = next(r for r in sorted(set(residues)) if (residues <= r).sum() >= min_atoms)
+    segment = atoms[residues <= last]
+    segment.pbc = False
+    segment.info["domain"] = "protein"
+    return segment
+
+
+PROTEINS = {"cobrotoxin": cobrotoxin, "adk-1000": adenylate_kinase_segment}
 
 
 def tiny_model(dtype: torch.dtype = torch.float32, **overrides: Any) -> AtomFM:
@@ -149,7 +166,7 @@ def _rss_bytes() -> int:
 def memory_row(structure: str, conservative: bool, checkpointing: bool) -> dict[str, Any]:
     """One training step's saved and peak memory (run in a child process, so ru_maxrss is this step's)."""
     model = tiny_model(activation_checkpointing=checkpointing)
-    atoms = [cobrotoxin()] if structure == "cobrotoxin" else [silicon(2)]
+    atoms = [PROTEINS[structure]()] if structure in PROTEINS else [silicon(2)]
     batch = atoms_to_batch(atoms, model.config.backbone.cutoff, "gfn2-xtb")
     num_atoms, num_edges = int(batch.pos.shape[0]), int(batch.edge_index.shape[1])
     small = atoms_to_batch([silicon(1)], model.config.backbone.cutoff, "gfn2-xtb")
@@ -179,7 +196,8 @@ def memory_row(structure: str, conservative: bool, checkpointing: bool) -> dict[
 def memory_rows(protein: str | None) -> list[dict[str, Any]]:
     cases = [("silicon", cons, ckpt) for cons in (False, True) for ckpt in (False, True)]
     if protein:
-        cases += [("cobrotoxin", True, True)] + ([("cobrotoxin", True, False)] if protein == "all" else [])
+        cases += [(name, True, True) for name in PROTEINS]
+        cases += [(name, True, False) for name in PROTEINS] if protein == "all" else []
     rows = []
     for structure, conservative, checkpointing in cases:
         args = [
