@@ -48,7 +48,9 @@ from model.zbl import ZBLRepulsion
 NEW_MODEL_ZBL = (
     True  # model_config()'s default for ModelConfig.zbl (the dataclass keeps old checkpoints' off)
 )
-NEW_MODEL_ZBL_SWITCH = 0.7  # model_config()'s ModelConfig.zbl_switch (the dataclass keeps old checkpoints' 1.0)
+NEW_MODEL_ZBL_SWITCH = (
+    0.7  # model_config()'s ModelConfig.zbl_switch (the dataclass keeps old checkpoints' 1.0)
+)
 PRETRAINING_HEADS: tuple[str, ...] = ("energy", "forces_direct", "noise", "charges", "atom_type", "embedding")
 # Outputs the model derives itself, and the heads each needs at least (electrostatics adds ``charges`` to
 # the energy's; direct ``forces`` need ``forces_direct``).
@@ -182,7 +184,8 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     fields go to the backbone (``model_config("small", lmax=4, long_range=False)``). New models have the ZBL
     repulsion prior unless ``zbl=False``."""
     own = {f.name for f in dataclasses.fields(ModelConfig)} - {"backbone"}
-    model_overrides = {"zbl": NEW_MODEL_ZBL, "zbl_switch": NEW_MODEL_ZBL_SWITCH} | {k: v for k, v in overrides.items() if k in own}
+    defaults = {"zbl": NEW_MODEL_ZBL, "zbl_switch": NEW_MODEL_ZBL_SWITCH}
+    model_overrides = defaults | {k: v for k, v in overrides.items() if k in own}
     backbone_overrides = {k: v for k, v in overrides.items() if k not in own}
     if "levels_of_theory" in model_overrides and isinstance(
         model_overrides["levels_of_theory"], list | tuple

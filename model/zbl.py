@@ -8,8 +8,8 @@ energy trained on equilibrium structures is flat where no data is (two atoms 0.0
 prior makes the energy rise steeply as nuclei meet, as MACE's and NequIP's ZBL options do. It is switched off
 between the nuclei and a fraction f of the pair's covalent bond length, r_c = f (r_cov,i + r_cov,j) (ASE's
 radii, at most the model's cutoff), by s(t) = 1 − 10t³ + 15t⁴ − 6t⁵, t = r / r_c, whose first and second
-derivatives vanish at t = 1: the energy is twice differentiable everywhere (conservative-force training differentiates it twice), and both
-factors fall with r, so the prior only ever pushes atoms apart. It depends on distances alone: invariant to
+derivatives vanish at t = 1: the energy is twice differentiable everywhere (conservative-force training
+differentiates it twice), and both factors fall with r, so the prior only ever pushes atoms apart. It depends on distances alone: invariant to
 rotations and mirrors.
 
 The fraction matters. At f = 1 (the bond length itself, as LAMMPS's and metatrain's ZBL place the outer
@@ -17,8 +17,8 @@ cutoff) the prior is on at the equilibrium length of every bond shorter than its
 triple bonds (C≡N at 1.16 Å is 0.79 of 1.47 Å: 0.7 eV and a large force per bond), rattled single bonds, and
 compressed metals. The learned energy must then first learn to cancel it: on the demo molecules its forces
 are 0.19 eV/Å per component on average, half the labels' own size. The shortest bonds of real molecules are
-0.76–0.77 of the radii sum (C≡N, C≡C, N≡N, C≡O), so with f = 0.7 (new models' default) the prior is zero at
-every training geometry and only guards the gap below them.
+0.77–0.79 of the radii sum (N≡N, C≡N, C≡C, C≡O; 0.76 once rattled, in the demo corpus), so with f = 0.7
+(new models' default) the prior is zero at every training geometry and only guards the gap below them.
 """
 
 from __future__ import annotations

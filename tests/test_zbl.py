@@ -14,9 +14,9 @@ from equivariance import assert_equivariant
 from model_fixtures import batch_of, small_model, water
 from torch.testing import assert_close
 
+from data_pipeline.schema import BadInputError
 from model.atomfm import AtomFM, ModelConfig, model_config
 from model.checkpoint_io import load_model, save_export
-from data_pipeline.schema import BadInputError
 from model.zbl import COULOMB, ZBLRepulsion
 
 ZBL = ZBLRepulsion(cutoff=5.0).double()
@@ -58,7 +58,7 @@ def test_the_repulsion_and_its_first_two_derivatives_vanish_at_the_covalent_bond
 
 def test_the_switch_fraction_moves_the_cutoff_and_new_models_feel_nothing_at_real_bonds():
     """New models switch the prior off at 0.7 of the covalent bond length: below the shortest bonds of real
-    molecules (C≡N, C≡C, N≡N at 0.76–0.79 of it), which at the full length (f = 1) it pushed apart."""
+    molecules (N≡N, C≡N, C≡C at 0.77–0.79 of it), which at the full length (f = 1) it pushed apart."""
     from model.atomfm import NEW_MODEL_ZBL_SWITCH
 
     new = ZBLRepulsion(cutoff=5.0, switch=NEW_MODEL_ZBL_SWITCH).double()
