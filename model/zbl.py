@@ -9,8 +9,8 @@ prior makes the energy rise steeply as nuclei meet, as MACE's and NequIP's ZBL o
 between the nuclei and a fraction f of the pair's covalent bond length, r_c = f (r_cov,i + r_cov,j) (ASE's
 radii, at most the model's cutoff), by s(t) = 1 − 10t³ + 15t⁴ − 6t⁵, t = r / r_c, whose first and second
 derivatives vanish at t = 1: the energy is twice differentiable everywhere (conservative-force training
-differentiates it twice), and both factors fall with r, so the prior only ever pushes atoms apart. It depends on distances alone: invariant to
-rotations and mirrors.
+differentiates it twice), and both factors fall with r, so the prior only ever pushes atoms apart. It
+depends on distances alone: invariant to rotations and mirrors.
 
 The fraction matters. At f = 1 (the bond length itself, as LAMMPS's and metatrain's ZBL place the outer
 cutoff) the prior is on at the equilibrium length of every bond shorter than its radii sum: double and
