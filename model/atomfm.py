@@ -43,7 +43,7 @@ from model.long_range import LONG_RANGE_METHODS, Electrostatics
 from model.lora import LoRAConfig, apply_lora
 from model.reference_energies import NUM_ELEMENTS, ReferenceEnergies, table_from_dict
 from model.sizes import backbone_config
-from model.zbl import ZBLRepulsion
+from model.zbl import MAX_SWITCH, ZBLRepulsion
 
 NEW_MODEL_ZBL = (
     True  # model_config()'s default for ModelConfig.zbl (the dataclass keeps old checkpoints' off)
@@ -142,10 +142,10 @@ class ModelConfig:
                 f"{self.backbone.cutoff} Å]: damped pairs come from the model's edges",
                 field="long_range_damping",
             )
-        if not 0.0 < self.zbl_switch <= 2.0:
+        if not 0.0 < self.zbl_switch <= MAX_SWITCH:
             raise BadInputError(
-                f"zbl_switch {self.zbl_switch} must lie in (0, 2]: the fraction of a pair's covalent bond length "
-                "at which the repulsion prior has switched off",
+                f"zbl_switch {self.zbl_switch} must lie in (0, {MAX_SWITCH}]: the fraction of a pair's covalent "
+                "bond length at which the repulsion prior has switched off",
                 field="zbl_switch",
             )
         self.levels_of_theory = [level_key(n) for n in self.levels_of_theory]

@@ -33,6 +33,7 @@ SCREENING_LENGTH = 0.8854 * Bohr  # Å
 PHI_COEFFICIENTS = (0.18175, 0.50986, 0.28022, 0.02817)
 PHI_EXPONENTS = (3.19980, 0.94229, 0.40290, 0.20162)
 MIN_DISTANCE = 1e-4  # Å: coincident atoms get a large finite energy, not inf
+MAX_SWITCH = 2.0  # the largest switch fraction (of the covalent bond length) a model may ask for
 
 
 class ZBLRepulsion(nn.Module):
@@ -42,8 +43,8 @@ class ZBLRepulsion(nn.Module):
         """cutoff: the model's, Å (no pair beyond it); switch: the fraction f of the covalent bond length at
         which the prior has fallen to zero."""
         super().__init__()
-        if not 0.0 < switch <= 2.0:
-            raise ValueError(f"switch must lie in (0, 2], got {switch}")
+        if not 0.0 < switch <= MAX_SWITCH:
+            raise ValueError(f"switch must lie in (0, {MAX_SWITCH}], got {switch}")
         self.cutoff = float(cutoff)
         self.switch = float(switch)
         self.register_buffer(

@@ -15,7 +15,7 @@ from model_fixtures import batch_of, small_model, water
 from torch.testing import assert_close
 
 from data_pipeline.schema import BadInputError
-from model.atomfm import AtomFM, ModelConfig, model_config
+from model.atomfm import NEW_MODEL_ZBL_SWITCH, AtomFM, ModelConfig, model_config
 from model.checkpoint_io import load_model, save_export
 from model.zbl import COULOMB, ZBLRepulsion
 
@@ -59,13 +59,11 @@ def test_the_repulsion_and_its_first_two_derivatives_vanish_at_the_covalent_bond
 def test_the_switch_fraction_moves_the_cutoff_and_new_models_feel_nothing_at_real_bonds():
     """New models switch the prior off at 0.7 of the covalent bond length: below the shortest bonds of real
     molecules (N≡N, C≡N, C≡C at 0.77–0.79 of it), which at the full length (f = 1) it pushed apart."""
-    from model.atomfm import NEW_MODEL_ZBL_SWITCH
-
     new = ZBLRepulsion(cutoff=5.0, switch=NEW_MODEL_ZBL_SWITCH).double()
     r_c = float(new.covalent_radii[6] * 2) * NEW_MODEL_ZBL_SWITCH
     c = torch.full((2,), 6, dtype=torch.int64)
-    for value in (new.pair_energy(c, c, torch.tensor([r_c, r_c + 0.1], dtype=torch.float64)),):
-        assert_close(value, torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-12)
+    at_and_beyond = new.pair_energy(c, c, torch.tensor([r_c, r_c + 0.1], dtype=torch.float64))
+    assert_close(at_and_beyond, torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-12)
     assert float(new.pair_energy(c[:1], c[:1], torch.tensor([0.5 * r_c], dtype=torch.float64))) > 1.0
     triple_bonds = {(6, 7): 1.16, (6, 6): 1.20, (7, 7): 1.10, (6, 8): 1.13}  # Å, HCN, ethyne, N₂, CO
     for (zi, zj), r in triple_bonds.items():
@@ -114,8 +112,6 @@ def test_a_homonuclear_dimer_rises_monotonically_below_the_switch_distance(symbo
     """From 0.02 Å to 90 % of where the prior switches off (0.7 of the covalent bond length, below every real
     bond; the learned energy takes over from there, and an untrained model's is flat but not monotonic)."""
     from ase.data import atomic_numbers, covalent_radii
-
-    from model.atomfm import NEW_MODEL_ZBL_SWITCH
 
     r_c = NEW_MODEL_ZBL_SWITCH * 2 * covalent_radii[atomic_numbers[symbol]]
     distances = np.linspace(0.02, 0.9 * r_c, 60)
