@@ -11,7 +11,10 @@ Model: ``--checkpoint`` (an export or training checkpoint folder), else an untra
 float64 (the calculator's default) unless ``--dtype float32``. Both sides alternate (``--repeat`` rounds, medians), so that the load of a shared machine
 falls on both. Agreement: the largest energy difference relative to the energy, the largest force difference
 (single points), and for the relaxations the largest final energy and position differences and whether
-every structure took the same number of steps and converged alike. Prints a table, writes JSON atomically.
+every structure took the same number of steps and converged alike. With TorchSim installed
+(``atomfm[torchsim]``), also TorchSim's ``static`` and ``optimize`` (its ASE-flavoured FIRE, force convergence at
+``--fmax``) through ``model.torchsim``, the same model and structures; ``--no-torchsim`` leaves them out.
+Prints a table, writes JSON atomically.
 """
 
 from __future__ import annotations
@@ -85,6 +88,35 @@ def relax_one_at_a_time(calc: AtomFMCalculator, structures: list[Atoms], fmax: f
     return {"energies": np.array(energies), "positions": positions, "steps": taken, "converged": converged}
 
 
+def torchsim_runs(calc: AtomFMCalculator, structures: list[Atoms], fmax: float, steps: int, max_atoms: int):
+    """TorchSim's single points and FIRE relaxation of ``structures`` through :mod:`model.torchsim`."""
+    import torch_sim as ts
+
+    from model.torchsim import AtomFMTorchSimModel
+
+    model = AtomFMTorchSimModel.from_calculator(calc, max_atoms)
+
+    def single_points():
+        results = ts.static(structures, model)
+        return np.array([float(r["potential_energy"]) for r in results]), [
+            r["forces"].numpy() for r in results
+        ]
+
+    def relax():
+        state = ts.io.atoms_to_state(structures, model.device, model.dtype)
+        relaxed = ts.optimize(
+            state,
+            model,
+            optimizer=ts.optimizers.fire,
+            convergence_fn=ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=False),
+            max_steps=steps,
+        )
+        out = model(relaxed)
+        return out["energy"].numpy(), out["forces"].norm(dim=1), relaxed.system_idx
+
+    return single_points, relax
+
+
 def timed(fn: Any) -> tuple[float, Any]:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -111,6 +143,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-torchsim", action="store_true", help="leave out TorchSim's runners")
     parser.add_argument("--out", default="results/bench_batched.json")
     args = parser.parse_args()
     count = args.count or (50 if args.quick else 200)
@@ -124,22 +157,36 @@ def main() -> None:
     predictor.predict(structures[:2])  # warm-up of both paths
     single_points_one_at_a_time(calc, structures[:2])
 
+    torchsim = None
+    if not args.no_torchsim:
+        try:
+            torchsim = torchsim_runs(calc, structures, args.fmax, steps, args.max_atoms_per_call)
+        except ImportError:
+            print("TorchSim is not installed (pip install -e '.[torchsim]'): its rows are left out")
     times: dict[str, list[float]] = {
         "sp_single": [],
         "sp_batched": [],
         "relax_single": [],
         "relax_batched": [],
     }
+    if torchsim:
+        times.update({"sp_torchsim": [], "relax_torchsim": []})
     for _ in range(max(repeat, 3)):  # single points are cheap: at least three rounds
         seconds, (single_e, single_f) = timed(lambda: single_points_one_at_a_time(calc, structures))
         times["sp_single"].append(seconds)
         seconds, batched = timed(lambda: predictor.predict(structures))
         times["sp_batched"].append(seconds)
+        if torchsim:
+            seconds, (ts_e, ts_f) = timed(torchsim[0])
+            times["sp_torchsim"].append(seconds)
     for _ in range(repeat):
         seconds, single = timed(lambda: relax_one_at_a_time(calc, structures, args.fmax, steps))
         times["relax_single"].append(seconds)
         seconds, relaxed = timed(lambda: relax_batch(structures, predictor, args.fmax, steps))
         times["relax_batched"].append(seconds)
+        if torchsim:
+            seconds, (ts_relaxed_e, ts_fnorm, ts_system) = timed(torchsim[1])
+            times["relax_torchsim"].append(seconds)
 
     median = {k: statistics.median(v) for k, v in times.items()}
     agreement = {
@@ -156,6 +203,24 @@ def main() -> None:
         "same_steps": int(np.sum(relaxed.steps == np.array(single["steps"]))),
         "same_convergence": int(np.sum(relaxed.converged == np.array(single["converged"]))),
     }
+    if torchsim:
+        ts_converged = np.array(
+            [bool(ts_fnorm[ts_system == i].max() < args.fmax) for i in range(len(structures))]
+        )
+        both = ts_converged & np.array(single["converged"])
+        agreement["torchsim"] = {
+            "single_point_energy_max_rel": float(np.max(np.abs(ts_e - single_e) / np.abs(single_e))),
+            "single_point_force_max_abs": float(
+                max(np.abs(t - s).max() for t, s in zip(ts_f, single_f, strict=True))
+            ),
+            "relaxed_energy_max_abs_eV": float(np.max(np.abs(ts_relaxed_e - single["energies"]))),
+            "relaxed_energy_median_abs_eV": float(np.median(np.abs(ts_relaxed_e - single["energies"]))),
+            "converged": int(ts_converged.sum()),
+            "both_converged": int(both.sum()),
+            "relaxed_energy_max_abs_eV_both_converged": float(
+                np.max(np.abs(ts_relaxed_e - single["energies"])[both]) if both.any() else float("nan")
+            ),
+        }
     result = {
         "git_commit": subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -178,6 +243,14 @@ def main() -> None:
         "speedup": {
             "single_points": median["sp_single"] / median["sp_batched"],
             "relaxation": median["relax_single"] / median["relax_batched"],
+            **(
+                {
+                    "torchsim_single_points": median["sp_single"] / median["sp_torchsim"],
+                    "torchsim_relaxation": median["relax_single"] / median["relax_torchsim"],
+                }
+                if torchsim
+                else {}
+            ),
         },
         "agreement": agreement,
     }
@@ -185,10 +258,15 @@ def main() -> None:
     print(
         f"{len(structures)} crystals, {result['atoms']} atoms, {args.dtype}, {args.device}, {result['parameters']:,} parameters"
     )
-    print(f"{'task':<34}{'one at a time (s)':>19}{'batched (s)':>13}{'speed-up':>10}")
+    header = f"{'task':<34}{'one at a time (s)':>19}{'batched (s)':>13}{'speed-up':>10}"
+    print(header + (f"{'TorchSim (s)':>14}{'speed-up':>10}" if torchsim else ""))
     for name, key in (("single points", "sp"), (f"FIRE, fmax {args.fmax}, ≤{steps} steps", "relax")):
         s, b = median[f"{key}_single"], median[f"{key}_batched"]
-        print(f"{name:<34}{s:>19.2f}{b:>13.2f}{s / b:>9.1f}×")
+        line = f"{name:<34}{s:>19.2f}{b:>13.2f}{s / b:>9.1f}×"
+        if torchsim:
+            t = median[f"{key}_torchsim"]
+            line += f"{t:>14.2f}{s / t:>9.1f}×"
+        print(line)
     print(
         f"relaxations: {result['converged']}/{len(structures)} converged, {result['fire_steps_total']} FIRE steps in "
         f"{relaxed.model_calls} batched model calls; agreement: {json.dumps(agreement)}"

@@ -95,6 +95,15 @@ def row_specs(lmax: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         specs.append(
             {"label": "atomfm tiny compiled", "model": "atomfm", "overrides": {"compile": True}, **common}
         )
+    if args.checkpointed:  # recompute each layer in the backward passes (docs/model.md, "Activation memory")
+        specs.append(
+            {
+                "label": "atomfm tiny ckpt",
+                "model": "atomfm",
+                "overrides": {"activation_checkpointing": True},
+                **common,
+            }
+        )
     if not args.no_baselines:
         specs += [
             {
@@ -180,6 +189,11 @@ def main() -> None:
         "--compiled",
         action="store_true",
         help="add 'atomfm tiny compiled' (BackboneConfig.compile; its first call, compiling, is in first_call_s)",
+    )
+    parser.add_argument(
+        "--checkpointed",
+        action="store_true",
+        help="add 'atomfm tiny ckpt': activation checkpointing on (BackboneConfig.activation_checkpointing)",
     )
     parser.add_argument("--models", nargs="+", default=None, help="only these row labels (e.g. 'MACE =ch')")
     parser.add_argument("--eqv2-path", nargs="*", default=[], help="extra sys.path for the EquiformerV2 rows")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
+from ase.data import chemical_symbols, reference_states
 from torch_geometric.data import Batch
 
 from model.atomfm import AtomFM, model_config
@@ -97,3 +98,19 @@ TINY_TRAINING = {
     "num_rbf": 8,
     "radial_channels": 16,
 }
+
+
+def elemental_crystals(count: int = 50, rattle: float = 0.1) -> list[Atoms]:
+    """The first ``count`` elemental crystals of ASE's reference states (fcc, bcc as cubic cells; hcp,
+    diamond primitive: 2-4 atoms, experimental lattice constants), each rattled."""
+    out = []
+    for z, ref in enumerate(reference_states):
+        if ref is None or ref.get("symmetry") not in ("fcc", "bcc", "hcp", "diamond"):
+            continue
+        try:
+            atoms = bulk(chemical_symbols[z], cubic=ref["symmetry"] in ("fcc", "bcc"))
+        except ValueError:  # a reference state without the parameters bulk needs
+            continue
+        atoms.rattle(rattle, seed=z)
+        out.append(atoms)
+    return out[:count]

@@ -6,32 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import bulk
-from ase.data import chemical_symbols, reference_states
 from ase.optimize import FIRE
-from model_fixtures import alanine, small_model, water
+from model_fixtures import alanine, elemental_crystals, small_model, water
 
 from model.batched import BatchedPredictor
 from model.batched_relax import max_force, relax_batch
 from model.calculator import AtomFMCalculator
 
 LEVEL = "pbe"
-
-
-def crystals(count: int = 50, rattle: float = 0.1) -> list[Atoms]:
-    """The first ``count`` elemental crystals of ASE's reference states (fcc, bcc as cubic cells; hcp,
-    diamond primitive: 2-4 atoms, experimental lattice constants), each rattled."""
-    out = []
-    for z, ref in enumerate(reference_states):
-        if ref is None or ref.get("symmetry") not in ("fcc", "bcc", "hcp", "diamond"):
-            continue
-        try:
-            atoms = bulk(chemical_symbols[z], cubic=ref["symmetry"] in ("fcc", "bcc"))
-        except ValueError:  # a reference state without the parameters bulk needs
-            continue
-        atoms.rattle(rattle, seed=z)
-        out.append(atoms)
-    return out[:count]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +27,7 @@ def one_at_a_time(model, atoms: Atoms) -> AtomFMCalculator:
 
 
 def test_single_points_of_50_crystals_match_the_calculator(model):
-    structures = crystals()
+    structures = elemental_crystals()
     assert len(structures) == 50
     batched = BatchedPredictor.from_model(model, level_of_theory=LEVEL).predict(structures)
     for i, atoms in enumerate(structures):
@@ -56,7 +38,7 @@ def test_single_points_of_50_crystals_match_the_calculator(model):
 
 
 def test_molecules_and_crystals_in_small_chunks(model):
-    structures = [water(), crystals(3)[2], alanine(), crystals(2)[1]]
+    structures = [water(), elemental_crystals(3)[2], alanine(), elemental_crystals(2)[1]]
     whole = BatchedPredictor.from_model(model, level_of_theory=LEVEL).predict(structures)
     chunked = BatchedPredictor.from_model(model, max_atoms=8, level_of_theory=LEVEL)
     assert list(chunked.chunks(structures)) == [[0, 1], [2], [3]]
@@ -69,8 +51,8 @@ def test_molecules_and_crystals_in_small_chunks(model):
     assert np.isnan(parts.stresses[[0, 2]]).all() and np.isfinite(parts.stresses[[1, 3]]).all()
 
 
-def test_batched_fire_takes_ase_fires_steps_on_50_crystals(model):
-    structures, fmax, steps = crystals(), 0.02, 12
+def test_batched_fire_takes_ase_fires_steps_on_50_elemental_crystals(model):
+    structures, fmax, steps = elemental_crystals(), 0.02, 12
     start = [atoms.positions.copy() for atoms in structures]
     predictor = BatchedPredictor.from_model(model, level_of_theory=LEVEL)
     start_energies = predictor.predict(structures).energies

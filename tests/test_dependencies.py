@@ -28,6 +28,12 @@ INSTALLED_OUTSIDE_PYPROJECT = {
     "metadata pins MDAnalysis, which nothing uses",
 }
 
+# Imported by one module each that nothing in the packages imports, and declared in an optional extra:
+# module -> (extra, the one file that imports it).
+OPTIONAL_EXTRAS = {
+    "torch_sim": ("torchsim", "model/torchsim.py"),
+}
+
 
 def declared_dependencies() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -75,6 +81,7 @@ def test_every_third_party_import_is_a_declared_dependency():
         name: f"{where} (provided by: {providers.get(name, ['nothing'])})"
         for name, where in third_party_imports().items()
         if name not in INSTALLED_OUTSIDE_PYPROJECT
+        and name not in OPTIONAL_EXTRAS
         and not declared & {canonicalize_name(dist) for dist in providers.get(name, [])}
     }
     assert not undeclared, f"imported but not in [project].dependencies: {undeclared}"
@@ -92,3 +99,35 @@ def test_the_exception_tables_name_real_declared_and_found_packages():
     assert {canonicalize_name(n) for n in LOADED_WITHOUT_IMPORT} <= declared
     assert set(INSTALLED_OUTSIDE_PYPROJECT) <= set(third_party_imports())
     assert not {canonicalize_name(n) for n in INSTALLED_OUTSIDE_PYPROJECT} & declared
+
+
+def optional_extra_requirements(extra: str) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {canonicalize_name(Requirement(spec).name) for spec in project["optional-dependencies"][extra]}
+
+
+def test_optional_imports_stay_in_their_one_module_and_are_declared_in_their_extra():
+    providers = importlib.metadata.packages_distributions()
+    for name, (extra, only_file) in OPTIONAL_EXTRAS.items():
+        users = set()
+        for package in PACKAGES:
+            for path in sorted((ROOT / package).rglob("*.py")):
+                tree = ast.parse(path.read_text(), str(path))
+                for node in ast.walk(tree):
+                    modules = (
+                        [alias.name for alias in node.names]
+                        if isinstance(node, ast.Import)
+                        else [node.module]
+                        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                        else []
+                    )
+                    if any(m.split(".")[0] == name for m in modules):
+                        users.add(str(path.relative_to(ROOT)))
+                    wrapper = only_file.removesuffix(".py").replace("/", ".")
+                    assert wrapper not in modules, (
+                        f"{path}: imports {wrapper}, which needs the {extra!r} extra"
+                    )
+        assert users == {only_file}, f"{name} imported by {sorted(users)}, expected only {only_file}"
+        if name in providers:  # installed: the extra names the distribution that provides it
+            provided = {canonicalize_name(dist) for dist in providers[name]}
+            assert provided & optional_extra_requirements(extra), (name, extra, provided)
