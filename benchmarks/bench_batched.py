@@ -104,13 +104,7 @@ def torchsim_runs(calc: AtomFMCalculator, structures: list[Atoms], fmax: float, 
 
     def relax():
         state = ts.io.atoms_to_state(structures, model.device, model.dtype)
-        relaxed = ts.optimize(
-            state,
-            model,
-            optimizer=ts.optimizers.fire,
-            convergence_fn=ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=False),
-            max_steps=steps,
-        )
+        relaxed = relax(model, state, fmax, steps)
         out = model(relaxed)
         return out["energy"].numpy(), out["forces"].norm(dim=1), relaxed.system_idx
 

@@ -1,12 +1,11 @@
 """atomfm as a TorchSim model: batched relaxation and MD of many structures with TorchSim's runners.
 
     import torch_sim as ts
-    from model.torchsim import AtomFMTorchSimModel
+    from model.torchsim import AtomFMTorchSimModel, relax
 
     model = AtomFMTorchSimModel.from_checkpoint("runs/demo/export", level_of_theory="pbe")
     state = ts.io.atoms_to_state(list_of_atoms, model.device, model.dtype)
-    relaxed = ts.optimize(state, model, optimizer=ts.optimizers.fire,
-                          convergence_fn=ts.generate_force_convergence_fn(force_tol=0.05, include_cell_forces=False))
+    relaxed = relax(model, state, fmax=0.05, max_steps=200)    # TorchSim's FIRE, positions only
 
 `TorchSim <https://github.com/TorchSim/torch-sim>`_ (``torch-sim-atomistic``, the optional extra
 ``atomfm[torchsim]``; Python 3.11+) drives MACE, fairchem, SevenNet and others through one
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch_sim as ts
 from ase import Atoms
 from torch_sim.models.interface import ModelInterface
 from torch_sim.state import SimState
@@ -48,17 +48,11 @@ class AtomFMTorchSimModel(ModelInterface):
 
     @classmethod
     def from_checkpoint(
-        cls,
-        path: str | os.PathLike,
-        max_atoms: int = DEFAULT_MAX_ATOMS,
-        dtype: torch.dtype = torch.float64,
-        device: str | torch.device | None = None,
-        compute_stress: bool = True,
-        **options: Any,
+        cls, path: str | os.PathLike, compute_stress: bool = True, **predictor_options: Any
     ) -> AtomFMTorchSimModel:
-        """The model in an export or training checkpoint folder; ``options`` are :class:`AtomFMCalculator`'s."""
-        calc = AtomFMCalculator.from_checkpoint(path, dtype=dtype, device=device, **options)
-        return cls(BatchedPredictor(calc, max_atoms), compute_stress)
+        """The model in an export or training checkpoint folder; ``predictor_options`` are
+        :meth:`BatchedPredictor.from_checkpoint`'s (``max_atoms``, ``dtype``, ``device``, the calculator's)."""
+        return cls(BatchedPredictor.from_checkpoint(path, **predictor_options), compute_stress)
 
     @classmethod
     def from_calculator(
@@ -90,6 +84,20 @@ class AtomFMTorchSimModel(ModelInterface):
         if self._compute_stress:  # NaN rows for non-periodic structures, which have no stress
             result["stress"] = torch.as_tensor(voigt_6_to_3x3(out.stresses), **like)
         return result
+
+
+def relax(
+    model: AtomFMTorchSimModel, system: SimState | list[Atoms], fmax: float = 0.05, max_steps: int = 200
+) -> SimState:
+    """TorchSim's FIRE (its ASE flavour) on the positions of every structure of ``system`` until each one's
+    largest atomic force is below ``fmax`` eV/Å (checked every few steps, TorchSim's way) or ``max_steps``."""
+    return ts.optimize(
+        system,
+        model,
+        optimizer=ts.optimizers.fire,
+        convergence_fn=ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=False),
+        max_steps=max_steps,
+    )
 
 
 def state_to_atoms(state: SimState | dict[str, torch.Tensor]) -> list[Atoms]:

@@ -14,7 +14,7 @@ from model.calculator import AtomFMCalculator
 ts = pytest.importorskip("torch_sim", reason="torch-sim-atomistic (atomfm[torchsim], Python 3.11+)")
 from torch_sim.models.interface import validate_model_outputs  # noqa: E402
 
-from model.torchsim import AtomFMTorchSimModel, state_to_atoms  # noqa: E402
+from model.torchsim import AtomFMTorchSimModel, relax, state_to_atoms  # noqa: E402
 
 LEVEL = "pbe"
 
@@ -71,13 +71,7 @@ def test_torchsim_fire_relaxes_50_crystals_to_the_energies_of_ase_fire_one_at_a_
     ts_model = torchsim_model(model)
     state = ts.io.atoms_to_state(structures, torch.device("cpu"), torch.float64)
     start = ts.static(state, ts_model)
-    relaxed = ts.optimize(
-        state,
-        ts_model,
-        optimizer=ts.optimizers.fire,
-        convergence_fn=ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=False),
-        max_steps=steps,
-    )
+    relaxed = relax(ts_model, state, fmax, steps)
     final = ts_model(relaxed)
     per_system = final["forces"].norm(dim=1)
     for i, atoms in enumerate(structures):
