@@ -92,7 +92,7 @@ def torchsim_runs(calc: AtomFMCalculator, structures: list[Atoms], fmax: float, 
     """TorchSim's single points and FIRE relaxation of ``structures`` through :mod:`model.torchsim`."""
     import torch_sim as ts
 
-    from model.torchsim import AtomFMTorchSimModel
+    from model.torchsim import AtomFMTorchSimModel, relax
 
     model = AtomFMTorchSimModel.from_calculator(calc, max_atoms)
 
@@ -102,13 +102,13 @@ def torchsim_runs(calc: AtomFMCalculator, structures: list[Atoms], fmax: float, 
             r["forces"].numpy() for r in results
         ]
 
-    def relax():
+    def relaxation():
         state = ts.io.atoms_to_state(structures, model.device, model.dtype)
         relaxed = relax(model, state, fmax, steps)
         out = model(relaxed)
         return out["energy"].numpy(), out["forces"].norm(dim=1), relaxed.system_idx
 
-    return single_points, relax
+    return single_points, relaxation
 
 
 def timed(fn: Any) -> tuple[float, Any]:
