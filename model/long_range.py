@@ -8,8 +8,10 @@ where ``s`` damps the interaction inside ``damping`` (r_d, Å), the region the s
 describes: ``s(r) = (1 − cos(π r / r_d)) / 2`` for r < r_d and 1 beyond (``damping = 0``: no damping). The
 kernel is finite at r = 0 and tends to the bare Coulomb law beyond a few σ.
 
-- Periodic structures: the sum over all periodic images is torch-pme's reciprocal-space sum (Ewald or PME)
-  of a :class:`torchpme.CoulombPotential` with the same σ; the damping term ``−φ_erf(r)(1 − s(r))`` needs only
+- Periodic structures: the sum over all periodic images is the reciprocal-space sum (Ewald or PME) of a
+  :class:`torchpme.CoulombPotential` with the same σ (Ewald: on torch-pme's k-grid, summed here over half of it
+  through the structure factor, equal to torch-pme's full sum to round-off at a quarter of the work; PME:
+  torch-pme's); the damping term ``−φ_erf(r)(1 − s(r))`` needs only
   pairs inside r_d, which are the batch's own edges (r_d is at most the backbone's cutoff). Charged cells get
   torch-pme's neutralising background.
 - Non-periodic structures: the same kernel summed directly over every pair of atoms of the structure, with
@@ -132,16 +134,36 @@ class Electrostatics(nn.Module):
         for g in graphs.tolist():
             start, stop = int(ptr[g]), int(ptr[g + 1])
             pairs = damped & (edge_graph == g)
+            q = charges[start:stop, None]
+            ewald = self.method == "ewald"
             potential = calculator(
-                charges=charges[start:stop, None],
+                charges=q,
                 cell=cell[g],
                 positions=pos[start:stop],
                 neighbor_indices=torch.stack([edge_index[1, pairs], edge_index[0, pairs]], dim=1) - start,
                 neighbor_distances=edge_len[pairs],
                 periodic=pbc[g],
+                # Ewald: torch-pme gives the real-space, self and background terms; the reciprocal sum is ours
+                kvectors=pos.new_zeros(0, 3) if ewald else None,
             )
-            per_graph.append((charges[start:stop, None] * potential).sum())
+            energy = (q * potential).sum()
+            if ewald:
+                energy = energy + self._reciprocal_energy(q[:, 0], pos[start:stop], cell[g], calculator)
+            per_graph.append(energy)
         return pos.new_zeros(cell.shape[0]).index_add(0, graphs, torch.stack(per_graph))
+
+    def _reciprocal_energy(
+        self, charges: Tensor, pos: Tensor, cell: Tensor, calculator: torchpme.EwaldCalculator
+    ) -> Tensor:
+        """torch-pme's Ewald reciprocal-space energy, (1/2V) Σ_k G(k) |Σ_j q_j e^{ik·r_j}|², over the same
+        k-vectors, from the structure factor of half of them: k and −k contribute equally, so each pair is
+        summed once with weight 2 (a grid-edge vector without its partner once). Equal to torch-pme's sum
+        to round-off, at a fraction of its work (it forms every atom's potential over every k-vector)."""
+        kvectors, weights = half_kvectors(cell, calculator.lr_wavelength)
+        phase = kvectors @ pos.T  # [K, N]
+        real, imag = torch.cos(phase) @ charges, torch.sin(phase) @ charges
+        kernel = calculator.potential.lr_from_k_sq((kvectors**2).sum(-1)) * weights
+        return (kernel * (real**2 + imag**2)).sum() / (2.0 * torch.abs(torch.linalg.det(cell)))
 
     def _torchpme_calculator(self, dtype: torch.dtype, device: torch.device) -> torchpme.Calculator:
         """A torch-pme calculator for this σ and damping (built per call: it holds no learned state)."""
@@ -164,6 +186,27 @@ class Electrostatics(nn.Module):
                 full_neighbor_list=True,
             )
         return calculator.to(device=device, dtype=dtype)
+
+
+def half_kvectors(cell: Tensor, lr_wavelength: float) -> tuple[Tensor, Tensor]:
+    """The k-vectors of torch-pme's Ewald grid for ``cell`` (rows are lattice vectors) and wavelength, one of each
+    ±k pair with weight 2 and the grid-edge vectors whose −k the grid lacks with weight 1; k = 0 left out (its
+    kernel is zero). Integer grid per axis: ``fftfreq(n) · n`` with n = ⌈|a_i| / λ⌉, as torch-pme builds it."""
+    with torch.no_grad():  # torch-pme's expression, so that the grid is the same to the last bit
+        k_cutoff = 2 * torch.pi / lr_wavelength
+        ns = torch.ceil(k_cutoff * torch.linalg.norm(cell, dim=1) / 2 / torch.pi).long().tolist()
+    axes = [torch.round(torch.fft.fftfreq(n, dtype=torch.float64) * n).long() for n in ns]
+    m = torch.cartesian_prod(*axes).to(cell.device)  # [M, 3] integer multiples of the reciprocal vectors
+    lowest = torch.tensor([-(n // 2) for n in ns], device=m.device)
+    even = torch.tensor([n % 2 == 0 for n in ns], device=m.device)
+    edge = (even & (m == lowest)).any(dim=1)  # on an even axis −n/2 has no +n/2: −k is outside the grid
+    nonzero = m != 0
+    first = torch.argmax(nonzero.long(), dim=1)  # the first nonzero component decides the half
+    positive = m.gather(1, first[:, None])[:, 0] > 0
+    keep = edge | (positive & nonzero.any(dim=1))
+    weights = torch.where(edge[keep], 1.0, 2.0).to(cell.dtype)
+    reciprocal = 2.0 * torch.pi * torch.linalg.inv(cell).T
+    return m[keep].to(cell.dtype) @ reciprocal, weights
 
 
 def pairs_within_graphs(batch: Tensor, atom_selected: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
