@@ -41,8 +41,8 @@ PHYSICS_OPTIONS := --task-option eos.max_structures=8 --task-option md_drift.max
 	--task-option md_drift.steps=60 --task-option diatomics.points=12
 PHYSICS_OPTIONS_2 := --task-option relaxation.max_structures=2
 # the recipe's length: the defaults fit the main job's budget (14 min 55 s from a fresh clone on a quiet 2-core
-# machine, 2026-12-02); the longer recipe, `make demo DIRECT_STEPS=300 CONSERVATIVE_STEPS=300` (~22 min there,
-# from the stage timings), makes a better product (docs/training.md, "The demo recipe at two lengths")
+# machine, 2026-12-02); the longer recipe, `make demo DIRECT_STEPS=300 CONSERVATIVE_STEPS=300` (19 min 49 s there,
+# measured), makes a better product (docs/training.md, "The demo recipe at two lengths")
 DIRECT_STEPS ?= 180
 CONSERVATIVE_STEPS ?= 150
 CONSERVATIVE := $(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train \
