@@ -131,11 +131,11 @@ class Electrostatics(nn.Module):
         edge_graph = batch[edge_index[1]]
         graphs = torch.nonzero(periodic).flatten()
         per_graph = []
+        ewald = self.method == "ewald"
         for g in graphs.tolist():
             start, stop = int(ptr[g]), int(ptr[g + 1])
             pairs = damped & (edge_graph == g)
             q = charges[start:stop, None]
-            ewald = self.method == "ewald"
             potential = calculator(
                 charges=q,
                 cell=cell[g],

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch_sim as ts
 from ase import Atoms
+from ase.stress import voigt_6_to_full_3x3_stress
 from torch_sim.models.interface import ModelInterface
 from torch_sim.state import SimState
 
@@ -82,7 +83,7 @@ class AtomFMTorchSimModel(ModelInterface):
             "forces": torch.as_tensor(np.concatenate(out.forces) if out.forces else np.zeros((0, 3)), **like),
         }
         if self._compute_stress:  # NaN rows for non-periodic structures, which have no stress
-            result["stress"] = torch.as_tensor(voigt_6_to_3x3(out.stresses), **like)
+            result["stress"] = torch.as_tensor(voigt_6_to_full_3x3_stress(out.stresses), **like)
         return result
 
 
@@ -121,11 +122,3 @@ def state_to_atoms(state: SimState | dict[str, torch.Tensor]) -> list[Atoms]:
             Atoms(numbers=numbers[mask], positions=positions[mask], cell=cells[index].T, pbc=pbc.tolist())
         )
     return out
-
-
-def voigt_6_to_3x3(stresses: np.ndarray) -> np.ndarray:
-    """[B, 6] stresses in ASE's Voigt order (xx, yy, zz, yz, xz, xy) as [B, 3, 3] symmetric tensors."""
-    xx, yy, zz, yz, xz, xy = (stresses[:, i] for i in range(6))
-    return np.stack(
-        [np.stack([xx, xy, xz], -1), np.stack([xy, yy, yz], -1), np.stack([xz, yz, zz], -1)], axis=1
-    )
