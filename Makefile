@@ -40,31 +40,37 @@ PHYSICS_TASKS_2 := relaxation
 PHYSICS_OPTIONS := --task-option eos.max_structures=8 --task-option md_drift.max_structures=2 \
 	--task-option md_drift.steps=60 --task-option diatomics.points=12
 PHYSICS_OPTIONS_2 := --task-option relaxation.max_structures=2
-# the recipe's length: the defaults fit the main job's budget (14 min 55 s from a fresh clone on a quiet 2-core
-# machine, 2026-12-02); the longer recipe, `make demo DIRECT_STEPS=300 CONSERVATIVE_STEPS=300` (19 min 49 s there,
-# measured), makes a better product (docs/training.md, "The demo recipe at two lengths")
+# the recipe's length: the product's conservative stage runs PRODUCT_STEPS; the pretrained-versus-scratch pair
+# runs COMPARE_STEPS each (the same config, the same batches, from the direct stage and from random weights).
+# Measured: docs/training.md, "The demo recipe"; the defaults keep the main job under 25 minutes on 2 cores.
 DIRECT_STEPS ?= 180
-CONSERVATIVE_STEPS ?= 150
+PRODUCT_STEPS ?= 600
+COMPARE_STEPS ?= 150
 CONSERVATIVE := $(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train \
-	--config configs/finetune_conservative_demo.yaml run.max_steps=$(CONSERVATIVE_STEPS)
+	--config configs/finetune_conservative_demo.yaml
 demo: setup
 	$(VENV)/bin/atomfm data demo --out data/demo --scale demo
 	$(VENV)/bin/atomfm data inspect data/demo
 	# stage 1, direct forces (the fast objective: denoising, masked atoms, energies, direct forces), 2 processes
 	$(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train --config configs/pretrain_demo.yaml \
 		run.max_steps=$(DIRECT_STEPS)
-	# stage 2, conservative forces from stage 1's weights: the forces the calculator serves
-	$(CONSERVATIVE)
-	# the same stage from scratch, at the same budget (steps, batches, seed): what pretraining is worth
-	$(CONSERVATIVE) model.init_from=null run.out_dir=$(DEMO)/scratch run.name=scratch_conservative_demo
+	# stage 2, conservative forces from stage 1's weights: the forces the calculator serves (the product)
+	$(CONSERVATIVE) run.max_steps=$(PRODUCT_STEPS) validation.every=200 run.checkpoint_every=200
+	# what pretraining is worth: the same stage at a shorter equal budget (steps, batches, seed) from stage 1's
+	# weights and from scratch
+	$(CONSERVATIVE) run.max_steps=$(COMPARE_STEPS) run.out_dir=$(DEMO)/pretrained run.name=pretrained_conservative_demo
+	$(CONSERVATIVE) run.max_steps=$(COMPARE_STEPS) model.init_from=null run.out_dir=$(DEMO)/scratch \
+		run.name=scratch_conservative_demo
 	$(VENV)/bin/atomfm export $(DEMO)/conservative --best --out $(DEMO)/export & a=$$!; \
 	$(VENV)/bin/atomfm export $(DEMO)/scratch --best --out $(DEMO)/scratch/export & b=$$!; \
+	$(VENV)/bin/atomfm export $(DEMO)/pretrained --best --out $(DEMO)/pretrained/export & d=$$!; \
 	$(VENV)/bin/atomfm export $(DEMO)/direct --out $(DEMO)/direct/export; c=$$?; \
-	wait $$a && wait $$b && exit $$c
-	# the product on the held-out test split, beside its first stage, the scratch arm, EMT and the
+	wait $$a && wait $$b && wait $$d && exit $$c
+	# the product on the held-out test split, beside its first stage, the pretrained/scratch pair, EMT and the
 	# reference+zero-force baseline; the physics tasks at the same time (two processes)
 	{ $(VENV)/bin/atomfm eval --checkpoint $(DEMO)/export --name atomfm-demo --checkpoint $(DEMO)/direct/export \
-		--name atomfm-demo-direct-stage --checkpoint $(DEMO)/scratch/export --name atomfm-demo-scratch \
+		--name atomfm-demo-direct-stage --checkpoint $(DEMO)/pretrained/export --name atomfm-demo-pretrained-short \
+		--checkpoint $(DEMO)/scratch/export --name atomfm-demo-scratch-short \
 		--calculator ase.calculators.emt:EMT --name EMT --baseline \
 		--data data/demo --tasks accuracy,conformer_ranking --out $(DEMO)/eval --no-progress && \
 	  $(VENV)/bin/atomfm eval --checkpoint $(DEMO)/export --name atomfm-demo --data data/demo \
