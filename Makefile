@@ -49,6 +49,7 @@ PRODUCT_STEPS ?= 600
 COMPARE_STEPS ?= 150
 CONSERVATIVE := $(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train \
 	--config configs/finetune_conservative_demo.yaml
+COMPARE := $(CONSERVATIVE) run.max_steps=$(COMPARE_STEPS) validation.every=75 run.checkpoint_every=75
 demo: setup
 	$(VENV)/bin/atomfm data demo --out data/demo --scale demo
 	$(VENV)/bin/atomfm data inspect data/demo
@@ -56,12 +57,11 @@ demo: setup
 	$(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train --config configs/pretrain_demo.yaml \
 		run.max_steps=$(DIRECT_STEPS)
 	# stage 2, conservative forces from stage 1's weights: the forces the calculator serves (the product)
-	$(CONSERVATIVE) run.max_steps=$(PRODUCT_STEPS) validation.every=200 run.checkpoint_every=200
+	$(CONSERVATIVE) run.max_steps=$(PRODUCT_STEPS)
 	# what pretraining is worth: the same stage at a shorter equal budget (steps, batches, seed) from stage 1's
 	# weights and from scratch
-	$(CONSERVATIVE) run.max_steps=$(COMPARE_STEPS) run.out_dir=$(DEMO)/pretrained run.name=pretrained_conservative_demo
-	$(CONSERVATIVE) run.max_steps=$(COMPARE_STEPS) model.init_from=null run.out_dir=$(DEMO)/scratch \
-		run.name=scratch_conservative_demo
+	$(COMPARE) run.out_dir=$(DEMO)/pretrained run.name=pretrained_conservative_demo
+	$(COMPARE) model.init_from=null run.out_dir=$(DEMO)/scratch run.name=scratch_conservative_demo
 	$(VENV)/bin/atomfm export $(DEMO)/conservative --best --out $(DEMO)/export & a=$$!; \
 	$(VENV)/bin/atomfm export $(DEMO)/scratch --best --out $(DEMO)/scratch/export & b=$$!; \
 	$(VENV)/bin/atomfm export $(DEMO)/pretrained --best --out $(DEMO)/pretrained/export & d=$$!; \
