@@ -348,6 +348,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    # subnormal floats flushed to zero, as atomfm's trainer does (train.trainer.flush_denormals)
+    torch.set_flush_denormal(True)
     settings = MaceSettings(
         channels=args.channels, r_max=args.r_max, max_atoms=args.max_atoms, dtype=args.dtype, seed=args.seed
     )

@@ -359,6 +359,8 @@ def out_of_memory(err: BaseException) -> bool:
 def run_row(spec: dict[str, Any], out: Path) -> None:
     """Build the row's workload and measure each mode of ``spec["modes"]``, writing ``out`` after each."""
     device = torch.device(spec.get("device", "cpu"))
+    # every row alike: subnormal floats flushed to zero, as atomfm's trainer does (train.trainer.flush_denormals)
+    torch.set_flush_denormal(True)
     if spec.get("memory_limit_bytes"):
         if device.type == "cuda":
             total = torch.cuda.get_device_properties(device).total_memory

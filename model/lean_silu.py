@@ -54,23 +54,26 @@ def _first_times(grad: Tensor, x: Tensor, pseudo: int) -> Tensor:
     return out
 
 
-def _polar_both(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(silu'(x), silu''(x)), one sigmoid for both: silu'' = s (1 - s) (2 + x (1 - 2 s))."""
+def _second_times(grad: Tensor, grad_grad: Tensor, x: Tensor, pseudo: int) -> Tensor:
+    """grad * grad_grad * activation''(x): silu'' = s (1 - s) (2 + x (1 - 2 s)) as 2 + x - 2 x s (two
+    passes) times the gradients, then one fused sigmoid_backward for the s (1 - s); the odd one on the
+    pseudo block."""
     s = torch.sigmoid(x)
-    a = s * (1 - s)
-    first = torch.addcmul(s, x, a)
-    second = (1 - 2 * s).mul_(x).add_(2).mul_(a)
-    return first, second
+    out = torch.add(x, 2).addcmul_(x, s, value=-2).mul_(grad).mul_(grad_grad)
+    out = torch.ops.aten.sigmoid_backward(out, s)
+    if pseudo:
+        out[..., -pseudo:] = (
+            _odd_second(x[..., -pseudo:]).mul_(grad[..., -pseudo:]).mul_(grad_grad[..., -pseudo:])
+        )
+    return out
 
 
-def _odd_both(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(odd_silu'(x), odd_silu''(x)), one sigmoid for both: odd_silu'' = 2 x t (1 - t) (3 + 2 x² (1 - 2 t))."""
+def _odd_second(x: Tensor) -> Tensor:
+    """odd_silu''(x) = 2 x t (1 - t) (3 + 2 x² (1 - 2 t)), t = sigmoid(x²)."""
     square = x * x
     t = torch.sigmoid(square)
     a = t * (1 - t)
-    first = torch.addcmul(t, square, a, value=2)
-    second = (1 - 2 * t).mul_(square).mul_(2).add_(3).mul_(a).mul_(x).mul_(2)
-    return first, second
+    return (1 - 2 * t).mul_(square).mul_(2).add_(3).mul_(a).mul_(x).mul_(2)
 
 
 class _SiLU(torch.autograd.Function):
@@ -105,8 +108,5 @@ class _SiLUBackward(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: ANN001
         x, grad = ctx.saved_tensors
-        first, second = _polar_both(x)
         p = ctx.pseudo
-        if p:
-            first[..., -p:], second[..., -p:] = _odd_both(x[..., -p:])
-        return second.mul_(grad).mul_(grad_grad), first.mul_(grad_grad), None
+        return _second_times(grad, grad_grad, x, p), _first_times(grad_grad, x, p), None

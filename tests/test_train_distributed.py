@@ -312,6 +312,8 @@ def live_and_exported_energies(config_path: Path, out: Path) -> None:
     ctx = init_distributed(cfg.distributed, engine=cfg.engine)
     trainer = Trainer(cfg, ctx, use_wandb=False)
     result = trainer.run()
+    # the trainer flushes subnormal floats to zero (train.trainer.flush_denormals): 1e-39 reads as 0
+    flushed = bool((torch.tensor([1e-39]) * 1.0).item() == 0.0)
     structures = [molecule("H2O"), bulk("Cu", "fcc", a=3.6, cubic=True), molecule("CH3CH2OH")]
     batch = atoms_to_batch(structures, CUTOFF, level_of_theory="gfn2-xtb").to(ctx.device)
     trainer.engine.module.eval()
@@ -326,7 +328,9 @@ def live_and_exported_energies(config_path: Path, out: Path) -> None:
         )
         exported = [float(calc.get_potential_energy(atoms)) for atoms in structures]
         (out / "energies.json").write_text(
-            json.dumps({"live": live, "exported": exported, "state": result.state.__dict__})
+            json.dumps(
+                {"live": live, "exported": exported, "state": result.state.__dict__, "flushed": flushed}
+            )
         )
     ctx.barrier()
     shutdown_distributed()
@@ -395,7 +399,9 @@ def test_zero3_direct_forces_and_denoising_under_the_deepspeed_launcher(zero3_ru
 
 
 def test_nonfinite_loss_is_skipped_on_every_rank_and_the_run_goes_on(zero3_run):
-    state = json.loads((zero3_run["base"] / "energies.json").read_text())["state"]
+    saved = json.loads((zero3_run["base"] / "energies.json").read_text())
+    assert saved["flushed"], "the trainer left subnormal floats on (train.trainer.flush_denormals)"
+    state = saved["state"]
     assert state["step"] == 3 and state["nonfinite_skipped"] == 1 and state["nonfinite_in_row"] == 0
     assert state["micro_batches"] == 6  # 2 per step; the poisoned one was replaced by the next batch
     assert "step 1: non-finite loss" in zero3_run["stdout"]

@@ -112,6 +112,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def flush_denormals() -> None:
+    """Subnormal floats (below 1.2e-38 in float32) read and written as zero by this thread's CPU arithmetic.
+
+    A training step makes some (a Gaussian radial feature far from its centre, a vanishing activation
+    derivative, their products in the double backward), and an x86 core takes a slow path on each: a batch
+    with many ran the S² grid's matmuls 10x slower. Measured on the demo product's conservative step, both
+    ways interleaved in one process: 526 -> 482 ms a step. Values change by less than 1.2e-38; the autograd
+    backward of a CPU tensor runs on this thread too. No effect on GPUs.
+    """
+    torch.set_flush_denormal(True)
+
+
 def endless(stream: StructureStream) -> Iterator[Any]:
     """Batches of ``stream``, starting its next epoch whenever one ends (``repeat: false`` corpora)."""
     while True:
@@ -234,6 +246,7 @@ class Trainer:
         resume_from = self._checkpoint_to_resume(resume)
 
         seed_everything(cfg.run.seed)
+        flush_denormals()
         model = build_model(cfg)
         self._base_coverage: TrainingCoverage | None = None  # what the weights started from were trained on
         fresh: list[str] | None = None  # tensors the initial weights lacked (None: no weights loaded)
