@@ -45,7 +45,7 @@ PHYSICS_OPTIONS_2 := --task-option relaxation.max_structures=2
 # Measured: docs/training.md, "The demo recipe"; the defaults keep the main job under 25 minutes on 2 cores.
 # Longer is more accurate: 1,500 steps at molecules 0.8 / materials 0.2 (about 30 min) made 3x zero force in every domain (docs/training.md).
 DIRECT_STEPS ?= 180
-PRODUCT_STEPS ?= 1000
+PRODUCT_STEPS ?= 700
 COMPARE_STEPS ?= 150
 CONSERVATIVE := $(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train \
 	--config configs/finetune_conservative_demo.yaml
