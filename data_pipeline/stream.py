@@ -47,6 +47,7 @@ from data_pipeline.stream_plan import (
     splits_by_shard,
 )
 from data_pipeline.vocab import LEVELS_OF_THEORY
+from data_pipeline.wire import from_wire, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -290,10 +291,11 @@ class StructureStream:
         if self.cfg.num_workers == 0:
             reports: Iterator[tuple[Batch | None, _ReaderReport]] = readers.reports(0)
         else:
+            # each batch crosses from its worker as one pickled message (data_pipeline/wire.py)
             loader = DataLoader(
-                readers, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_as_sent
+                readers, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=to_wire
             )
-            reports = iter(loader)
+            reports = map(from_wire, loader)
         delivered = yield from self._in_reader_order(reports)
         if not delivered and resumed and not self.cfg.repeat:
             yield from self  # resumed after the last batch of an epoch: go on with the next one
@@ -710,11 +712,6 @@ def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
     return rank, world_size
-
-
-def _as_sent(item: tuple[Batch | None, _ReaderReport]) -> tuple[Batch | None, _ReaderReport]:
-    """DataLoader collate function: the readers already send whole batches."""
-    return item
 
 
 def _num_nodes(graph: Data) -> int:
