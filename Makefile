@@ -42,10 +42,9 @@ PHYSICS_OPTIONS := --task-option eos.max_structures=8 --task-option md_drift.max
 PHYSICS_OPTIONS_2 := --task-option relaxation.max_structures=2
 # the recipe's length: the product's conservative stage runs PRODUCT_STEPS; the pretrained-versus-scratch pair
 # runs COMPARE_STEPS each (the same config, the same batches, from the direct stage and from random weights).
-# Measured: docs/training.md, "The demo recipe"; the defaults keep the main job under 25 minutes on 2 cores.
-# PRODUCT_STEPS=1500 (about 30 min on 2 cores from a fresh clone) makes a product 3x better than zero force in every domain.
+# Measured: docs/training.md, "The demo recipe"; the defaults are sized for the main job's 25 minutes on 2 cores.
 DIRECT_STEPS ?= 180
-PRODUCT_STEPS ?= 600
+PRODUCT_STEPS ?= 1250
 COMPARE_STEPS ?= 150
 CONSERVATIVE := $(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train \
 	--config configs/finetune_conservative_demo.yaml
