@@ -44,7 +44,7 @@ PHYSICS_OPTIONS_2 := --task-option relaxation.max_structures=2
 # runs COMPARE_STEPS each (the same config, the same batches, from the direct stage and from random weights).
 # Measured: docs/training.md, "The demo recipe"; the defaults are sized for the main job's 25 minutes on 2 cores.
 DIRECT_STEPS ?= 180
-PRODUCT_STEPS ?= 1250
+PRODUCT_STEPS ?= 950
 COMPARE_STEPS ?= 150
 CONSERVATIVE := $(VENV)/bin/deepspeed --num_accelerators 2 --module launch.cli train \
 	--config configs/finetune_conservative_demo.yaml
