@@ -22,11 +22,12 @@ from tblite.ase import TBLite
 from torch.testing import assert_close
 from torch_geometric.data import Batch
 
+from data_pipeline.config_mapping import ConfigOrigin
 from data_pipeline.graph import structure_to_graph
-from data_pipeline.schema import DOMAINS, Structure, validate
+from data_pipeline.schema import DOMAINS, BadInputError, Structure, validate
 from model.atomfm import AtomFM, model_config
 from train.loss_balance import balance_losses
-from train.tasks import TASKS, CorruptionState, LossTerms
+from train.tasks import TASKS, CorruptionState, LossTerms, task_settings
 from train.tasks.contrast import infonce_terms
 
 CUTOFF = 4.0
@@ -333,6 +334,44 @@ def test_two_ranks_get_the_gradient_of_the_global_batch(structures, model):
     assert loss.value == pytest.approx(single.value, rel=1e-5)
     for g0, g1, g in zip(*per_rank, grads_of(single.total), strict=True):
         assert_close((g0 + g1) / 2, g, rtol=1e-4, atol=1e-6)
+
+
+def test_domain_weights_weigh_a_tasks_domains():
+    """tasks.<name>.domain_weights: the task's loss is the weighted mean of its per-domain means; a domain
+    absent from the batch drops out of the weights; the gradient of each item scales the same way."""
+    values = torch.cat([torch.full((3,), 2.0), torch.full((300,), 8.0)]).requires_grad_()
+    terms = {"forces": LossTerms(values=values, domain=torch.cat([torch.zeros(3), torch.ones(300)]).long())}
+    weights = {"molecule": 3.0, "protein": 1.0, "material": 5.0}
+    vector = task("forces", domain_weights=weights).settings.domain_weight_vector()
+    assert vector == [weights[d] for d in DOMAINS]
+    loss = balance_losses(
+        terms, {"forces": 2.0}, world_size=1, all_reduce_sum=lambda v: v, domain_weights={"forces": vector}
+    )
+    assert loss.per_task["forces"] == pytest.approx((3 * 2.0 + 1 * 8.0) / 4)  # no material present
+    assert loss.value == pytest.approx(2 * 3.5)
+    loss.total.backward()
+    assert_close(values.grad[:3], torch.full((3,), 2.0 * 3 / 4 / 3))
+    assert_close(values.grad[3:], torch.full((300,), 2.0 * 1 / 4 / 300))
+    # equal weights are the unweighted balance, to the bit
+    plain = balance_losses(terms, {"forces": 2.0}, world_size=1, all_reduce_sum=lambda v: v)
+    ones = balance_losses(
+        terms, {"forces": 2.0}, world_size=1, all_reduce_sum=lambda v: v, domain_weights={"forces": [1.0] * 3}
+    )
+    assert plain.value == ones.value and torch.equal(plain.total, ones.total)
+
+
+@pytest.mark.parametrize(
+    ("weights", "problem"),
+    [
+        ({"molecul": 2.0}, "did you mean 'molecule'"),
+        ({"molecule": -1.0}, "must be a finite number"),
+        ({d: 0.0 for d in DOMAINS}, "every domain has weight 0"),
+    ],
+)
+def test_bad_domain_weights_are_named(weights, problem):
+    with pytest.raises(BadInputError, match=problem) as err:
+        task_settings("forces", {"domain_weights": weights}, ConfigOrigin("cfg.yaml"))
+    assert "tasks.forces.domain_weights" in str(err.value)
 
 
 def test_a_nan_anywhere_makes_every_rank_skip():

@@ -176,6 +176,7 @@ def micro_batch_loss(
         anchor = anchor * float("nan")
     extra = torch.tensor([batch.num_nodes, batch.num_graphs, float(stop_requested)], dtype=torch.float64)
     weights = {task.name: task.weight for task in tasks}
+    domain_weights = {t.name: t.settings.domain_weight_vector() for t in tasks if t.settings.domain_weights}
     return balance_losses(
         terms,
         weights,
@@ -183,6 +184,7 @@ def micro_batch_loss(
         all_reduce_sum=ctx.all_reduce_sum,
         extra=extra,
         anchor=anchor,
+        domain_weights=domain_weights,
     )
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import Tensor
 
 from data_pipeline.batch import AtomBatch
+from data_pipeline.config_mapping import did_you_mean
+from data_pipeline.schema import DOMAINS
 from train.tasks.corruption import CorruptionState
 
 
@@ -25,13 +28,35 @@ class LossTerms:
 
 @dataclass
 class TaskSettings:
-    """Settings every task has; a task's own settings class adds fields."""
+    """Settings every task has; a task's own settings class adds fields.
+
+    weight: the task's weight in the total loss. domain_weights: how the task's loss weighs its domains
+    (``{molecule: 3, material: 1}``: the task's loss is the weighted mean of its per-domain means, over the
+    domains present in the global batch); a domain left out weighs 1, and none given weighs all equally.
+    This is fairchem's per-dataset loss coefficient; the stream's ``domain_weights`` choose what is drawn.
+    """
 
     weight: float = 1.0
+    domain_weights: dict[str, float] = field(default_factory=dict)
 
     def problems(self) -> dict[str, str]:
         """Field name → what is wrong with its value (empty when the settings are sound)."""
-        return {} if self.weight >= 0 else {"weight": f"must not be negative, got {self.weight}"}
+        out = {} if self.weight >= 0 else {"weight": f"must not be negative, got {self.weight}"}
+        for domain, w in self.domain_weights.items():
+            if domain not in DOMAINS:
+                out[f"domain_weights.{domain}"] = (
+                    f"unknown domain '{domain}'{did_you_mean(domain, list(DOMAINS))}; expected one of "
+                    + ", ".join(DOMAINS)
+                )
+            elif not (w >= 0 and math.isfinite(w)):
+                out[f"domain_weights.{domain}"] = f"must be a finite number ≥ 0, got {w}"
+        if self.domain_weights and not any(self.domain_weights.get(d, 1.0) > 0 for d in DOMAINS):
+            out["domain_weights"] = "every domain has weight 0: give at least one a weight above 0"
+        return out
+
+    def domain_weight_vector(self) -> list[float]:
+        """The weight of each domain of ``data_pipeline.schema.DOMAINS``, in its order."""
+        return [float(self.domain_weights.get(d, 1.0)) for d in DOMAINS]
 
 
 class Task:
