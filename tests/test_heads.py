@@ -19,6 +19,9 @@ from model.atomfm import ModelConfig, model_config
 from model.checkpoint_io import load_model, save_export
 from model.reference_energies import (
     NUM_ELEMENTS,
+    RIDGE_GRID,
+    CompositionLeastSquares,
+    choose_ridge,
     fit_reference_energies,
     fit_reference_energies_from_arrays,
     table_from_dict,
@@ -177,6 +180,45 @@ def test_reference_energies_are_recovered_by_least_squares_per_level():
     ]
     # energies travel as float32 in batches
     torch.testing.assert_close(fit_reference_energies(batches), truth, rtol=1e-5, atol=1e-3)
+
+
+def test_a_ridge_pulls_a_scarce_element_towards_the_mean_and_auto_chooses_it_on_held_out_structures():
+    """Hydrogen and carbon in many molecules, antimony in one structure with a 6 eV/atom outlier label (the
+    demo's CHGNet NiSbS prototype): plain least squares gives Sb that whole error; the ridge pulls it towards
+    the level's mean energy per atom, and ``choose_ridge`` picks the λ that predicts held-out Sb best."""
+    rng = np.random.default_rng(1)
+    truth = {1: -4.0, 6: -6.0, 51: -4.5}
+    numbers = [np.array([1] * rng.integers(1, 6) + [6] * rng.integers(1, 6)) for _ in range(40)]
+    energies = [sum(truth[int(z)] for z in zs) + rng.normal(0, 0.01) for zs in numbers]
+    numbers.append(np.array([51, 51, 1, 1]))
+    energies.append(2 * truth[51] + 2 * truth[1] + 4 * 10.0)  # 10 eV/atom above the truth
+    levels = ["chgnet"] * len(numbers)
+    plain = fit_reference_energies_from_arrays(numbers, energies, levels)
+    ridged = fit_reference_energies_from_arrays(numbers, energies, levels, ridge=10.0)
+    chgnet = level_index("chgnet")
+    assert plain[chgnet, 51] == pytest.approx(truth[51] + 20.0, abs=0.05)  # the outlier, all on Sb
+    mean = sum(energies) / sum(len(z) for z in numbers)
+    assert abs(ridged[chgnet, 51] - mean) < abs(plain[chgnet, 51] - mean)
+    # hydrogen, in 40 structures, takes a little of the outlier (it shares its structure); the mask token none
+    assert ridged[chgnet, 1] == pytest.approx(truth[1], abs=0.3) and ridged[chgnet, 0] == 0
+    assert torch.equal(fit_reference_energies_from_arrays(numbers, energies, levels, ridge=0.0), plain)
+
+    fit = CompositionLeastSquares(13)
+    counts = np.stack([np.bincount(z, minlength=NUM_ELEMENTS) for z in numbers])
+    fit.add(counts, np.asarray(energies), np.full(len(numbers), chgnet))
+    held_out = [np.array([51] * 8), np.array([1, 6, 6])]
+    held_energies = [8 * truth[51], truth[1] + 2 * truth[6]]
+    chosen = choose_ridge(fit, held_out, held_energies, ["chgnet"] * 2)
+
+    def held_out_mae(lam: float) -> float:
+        table = fit.solve(lam)[chgnet].numpy()
+        return np.mean(
+            [abs(e - table[z].sum()) / len(z) for z, e in zip(held_out, held_energies, strict=True)]
+        )
+
+    maes = {lam: held_out_mae(lam) for lam in RIDGE_GRID}
+    assert chosen[chgnet] > 0 and maes[chosen[chgnet]] == min(maes.values()) < maes[0.0] / 10
+    assert chosen[level_index("pbe")] == 0  # no structures at that level
 
 
 def test_reference_energies_enter_the_energy_at_the_structures_level_of_theory():

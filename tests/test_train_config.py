@@ -85,6 +85,9 @@ def test_wrong_types_and_values_are_rejected_with_their_key():
         ("engine=horovod", "engine"),
         ("tasks.denoise.fraction=1.5", "tasks.denoise.fraction"),
         ("data.cutoff=-1", "data.cutoff"),
+        ("model.reference_ridge=aut", "model.reference_ridge"),
+        ("model.reference_ridge=-1", "model.reference_ridge"),
+        ("tasks.forces.domain_weights.crystal=2", "tasks.forces.domain_weights.crystal"),
     ]:
         with pytest.raises(BadInputError) as err:
             load_config(DEMO_CONFIG, [override])

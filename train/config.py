@@ -109,6 +109,9 @@ class ModelSection:
     conservative_forces: bool = ModelConfig.conservative_forces
     activation_checkpointing: bool = BackboneConfig.activation_checkpointing
     fit_reference_energies: bool = True  # per-element reference energies per level of theory, from the corpus
+    # their fit's ridge towards each level's mean energy per atom: "auto" (chosen per level on the
+    # validation split), or λ ≥ 0 (0: plain least squares); docs/training.md, "Reference energies"
+    reference_ridge: float | str = "auto"
     init_from: str | None = (
         None  # start from these weights (export, checkpoint or run folder); no optimiser state
     )
@@ -292,6 +295,9 @@ def check_config(cfg: TrainConfig, origin: ConfigOrigin) -> None:
             "finetune",
             "fine-tuning options need weights to start from: set model.init_from (atomfm finetune --from)",
         )
+    ridge = cfg.model.reference_ridge
+    if not (ridge == "auto" or (isinstance(ridge, float) and ridge >= 0 and math.isfinite(ridge))):
+        raise origin.error("model.reference_ridge", f'expected "auto" or a number ≥ 0, got {ridge!r}')
     if cfg.engine not in ENGINES:
         raise origin.error("engine", f"unknown engine {cfg.engine!r}; expected one of {', '.join(ENGINES)}")
     if cfg.precision not in PRECISIONS:

@@ -249,17 +249,30 @@ def known_levels(model: AtomFM) -> torch.Tensor:
 
 
 def fit_reference_energies(
-    model: AtomFM, data: StreamConfig, ctx: DistContext, *, keep_known_levels: bool
+    model: AtomFM,
+    data: StreamConfig,
+    ctx: DistContext,
+    *,
+    keep_known_levels: bool,
+    ridge: float | str = 0.0,
+    held_out_split: str = "val",
 ) -> ReferenceFit:
     """Fit the model's per-element reference energies over ``data``'s split (rank 0; every rank receives it).
 
     With ``keep_known_levels`` (a model started from pretrained weights) every level the model already has a
     table for keeps it, and only new levels take the fitted rows, fitted on what the pretrained model leaves
-    unexplained (the label minus its own energy without reference energies).
+    unexplained (the label minus its own energy without reference energies). ridge, held_out_split: as in
+    :func:`~train.reference_fit.fit_reference_energies_on_corpus`.
     """
     levels = model.config.levels_of_theory
     residual = _energy_without_references(model) if keep_known_levels else None
-    fit = fit_reference_energies_on_corpus(data.corpus, data.split, levels, residual) if ctx.is_main else None
+    fit = (
+        fit_reference_energies_on_corpus(
+            data.corpus, data.split, levels, residual, ridge=ridge, held_out_split=held_out_split
+        )
+        if ctx.is_main
+        else None
+    )
     fit = ctx.broadcast_object(fit)
     table = fit.table.to(model.reference_energies.energies)
     if keep_known_levels:
@@ -270,7 +283,9 @@ def fit_reference_energies(
     return fit
 
 
-def _unseen_elements_from_nearest_level(table: torch.Tensor, known: torch.Tensor, levels: list[str]) -> torch.Tensor:
+def _unseen_elements_from_nearest_level(
+    table: torch.Tensor, known: torch.Tensor, levels: list[str]
+) -> torch.Tensor:
     """A new level's elements that the fine-tuning data did not contain (fitted value 0, to round-off) take the reference
     energy of the known level its conditioning row started from (:func:`nearest_level`; else the mean of the
     known levels): a fine-tuning set of 50 molecules without fluorine must not leave F at 0 eV, which puts the

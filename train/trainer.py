@@ -321,10 +321,19 @@ class Trainer:
 
     def _fit_reference_energies(self, model: AtomFM) -> None:
         pretrained = bool(self.cfg.model.init_from)
-        fit = fit_reference_energies(model, self.cfg.data, self.ctx, keep_known_levels=pretrained)
+        fit = fit_reference_energies(
+            model,
+            self.cfg.data,
+            self.ctx,
+            keep_known_levels=pretrained,
+            ridge=self.cfg.model.reference_ridge,
+            held_out_split=self.cfg.validation.split,
+        )
         if self.ctx.is_main:
+            ridge = ", ".join(f"{level} {lam:g}" for level, lam in (fit.ridge or {}).items())
             print(
                 f"reference energies fitted on {fit.structures} labelled structures"
+                + (f" (ridge per level: {ridge})" if ridge else "")
                 + (f" ({fit.skipped} undecodable samples skipped)" if fit.skipped else ""),
                 flush=True,
             )
