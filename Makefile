@@ -71,7 +71,7 @@ demo: setup
 	{ $(VENV)/bin/atomfm eval --checkpoint $(DEMO)/export --name atomfm-demo --checkpoint $(DEMO)/direct/export \
 		--name atomfm-demo-direct-stage --checkpoint $(DEMO)/pretrained/export --name atomfm-demo-pretrained-short \
 		--checkpoint $(DEMO)/scratch/export --name atomfm-demo-scratch-short \
-		--calculator ase.calculators.emt:EMT --name EMT --baseline \
+		--calculator ase.calculators.emt:EMT --name EMT --baseline --ridge-baseline \
 		--data data/demo --tasks accuracy,conformer_ranking --out $(DEMO)/eval --no-progress && \
 	  $(VENV)/bin/atomfm eval --checkpoint $(DEMO)/export --name atomfm-demo --data data/demo \
 		--tasks $(PHYSICS_TASKS_2) $(PHYSICS_OPTIONS_2) --out $(DEMO)/eval --no-progress; } & accuracy=$$!; \

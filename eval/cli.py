@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also score per-element reference energies with zero forces (fitted on the corpus's "
         "train split, or on the data itself for files)",
     )
+    who.add_argument(
+        "--ridge-baseline",
+        action="store_true",
+        help="also score the same baseline with a ridge fit, chosen per level of theory on the corpus's val "
+        "split as training's model.reference_ridge: auto does (name reference-ridge+zero-force)",
+    )
     p.add_argument(
         "--data",
         nargs="+",
@@ -118,7 +124,7 @@ def run(args: argparse.Namespace) -> list:
     task_options = parse_task_options(args.task_option, tasks)
     for name in tasks:
         build_task(name, task_options.get(name))  # unknown names and options fail before any data is read
-    if not (args.checkpoint or args.calculator or args.baseline):
+    if not (args.checkpoint or args.calculator or args.baseline or args.ridge_baseline):
         raise BadInputError(
             "nothing to evaluate: give --checkpoint, --calculator or --baseline", field="checkpoint"
         )
@@ -139,10 +145,24 @@ def run(args: argparse.Namespace) -> list:
     forces = None if args.forces == "auto" else args.forces
     predictors = [CheckpointPredictor(c, name=next(names, None), forces=forces) for c in args.checkpoint]
     predictors += [CalculatorPredictor(c, name=next(names, None), options=options) for c in args.calculator]
+    fitted_on = ",".join(f"{c}/train" for c in data.train_corpora) or data.name
     if args.baseline:
         training = read_split(data.train_corpora, "train") if data.train_corpora else data.structures
-        fitted_on = ",".join(f"{c}/train" for c in data.train_corpora) or data.name
         predictors.append(ReferenceBaseline(training, fitted_on=fitted_on))
+    if args.ridge_baseline:
+        if not data.train_corpora:
+            raise BadInputError(
+                "--ridge-baseline chooses its ridge on a corpus's val split: give corpus folders to --data",
+                field="ridge-baseline",
+            )
+        predictors.append(
+            ReferenceBaseline(
+                read_split(data.train_corpora, "train"),
+                fitted_on=fitted_on,
+                name="reference-ridge+zero-force",
+                held_out=read_split(data.train_corpora, "val"),
+            )
+        )
     written = []
     for predictor in predictors:
         written += evaluate(

@@ -30,7 +30,7 @@ from model.atomfm import AtomFM
 from model.checkpoint_io import load_model
 from model.checkpoint_layout import CheckpointFolder, resolve_checkpoint
 from model.predict import Prediction, force_kind, predict_structures
-from model.reference_energies import fit_reference_energies_from_arrays
+from model.reference_energies import CompositionLeastSquares, choose_ridge, composition_arrays
 
 
 def structure_to_atoms(s: Structure) -> Atoms:
@@ -171,27 +171,44 @@ class CalculatorPredictor:
             yield s, Prediction(energy, forces, stress)
 
 
+def _energy_labels(structures: Iterable[Structure]) -> tuple[list[np.ndarray], list[float], list[str]]:
+    numbers, energies, levels = [], [], []
+    for s in structures:
+        if s.energy is not None:
+            numbers.append(np.asarray(s.atomic_numbers, dtype=np.int64))
+            energies.append(float(s.energy))
+            levels.append(s.level_of_theory)
+    return numbers, energies, levels
+
+
 class ReferenceBaseline:
     """The trivial model: per-element linear reference energies per level of theory (least squares on the
-    training split), zero forces and zero stress."""
+    training split), zero forces and zero stress.
+
+    held_out: structures to choose a ridge on per level (``model.reference_energies.choose_ridge``, as
+    training's ``model.reference_ridge: auto`` does); without them the fit is plain least squares.
+    """
 
     kind = "baseline"
 
     def __init__(
-        self, training: Iterable[Structure], *, fitted_on: str, name: str = "reference+zero-force"
+        self,
+        training: Iterable[Structure],
+        *,
+        fitted_on: str,
+        name: str = "reference+zero-force",
+        held_out: Iterable[Structure] | None = None,
     ) -> None:
-        numbers, energies, levels = [], [], []
-        for s in training:
-            if s.energy is not None:
-                numbers.append(np.asarray(s.atomic_numbers, dtype=np.int64))
-                energies.append(float(s.energy))
-                levels.append(s.level_of_theory)
+        numbers, energies, levels = _energy_labels(training)
         if not energies:
             raise BadInputError("no energy labels to fit the reference-energy baseline on", path=fitted_on)
-        self.levels = extend_levels(LEVELS_OF_THEORY, set(levels))
-        self.table = fit_reference_energies_from_arrays(
-            numbers, energies, levels, vocabulary=self.levels
-        ).numpy()
+        held = _energy_labels(held_out) if held_out is not None else ([], [], [])
+        self.levels = extend_levels(LEVELS_OF_THEORY, set(levels) | set(held[2]))
+        fit = CompositionLeastSquares(len(self.levels))
+        counts, level_ids = composition_arrays(numbers, levels, self.levels)
+        fit.add(counts, np.asarray(energies, dtype=np.float64), level_ids)
+        self.ridge = choose_ridge(fit, *held, vocabulary=self.levels)
+        self.table = fit.solve(self.ridge).numpy()
         self.fitted_on, self.structures, self.name = fitted_on, len(energies), name
 
     def identity(self) -> dict[str, Any]:
@@ -200,7 +217,11 @@ class ReferenceBaseline:
             "kind": self.kind,
             "path": None,
             "weights_sha256": None,
-            "config": {"fitted_on": self.fitted_on, "structures": self.structures},
+            "config": {
+                "fitted_on": self.fitted_on,
+                "structures": self.structures,
+                "ridge": {self.levels[i]: float(lam) for i, lam in enumerate(self.ridge) if lam > 0},
+            },
             "forces": "zero",
             "training_curve": None,
         }
@@ -308,7 +329,9 @@ def training_summary(checkpoint: Path) -> dict[str, Any] | None:
         "split": data.get("split"),
         "domain_weights": data.get("domain_weights"),
         "max_atoms": data.get("max_atoms"),
-        "train_structures": _split_size(data.get("corpus"), data.get("split") or "train", data.get("domain_weights")),
+        "train_structures": _split_size(
+            data.get("corpus"), data.get("split") or "train", data.get("domain_weights")
+        ),
         "conservative_forces": model.get("conservative_forces"),
         "tasks": sorted(config.get("tasks") or {}),
         "lr": (config.get("optim") or {}).get("lr"),

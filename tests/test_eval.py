@@ -219,6 +219,41 @@ def test_a_level_the_checkpoint_does_not_know_is_named(labelled_file, export, tm
     assert "b3lyp-d9" in err and "gfn2-xtb" in err
 
 
+def test_the_ridge_baseline_chooses_its_ridge_on_held_out_structures(labelled_file, tmp_path, capsys):
+    """A scarce element whose one training structure carries an outlier label: the plain fit gives it the
+    whole error, the ridge chosen on held-out structures does not (docs/training.md, "The config")."""
+    from data_pipeline.schema import Structure
+    from eval.predictors import ReferenceBaseline
+
+    def crystal(symbols: list[str], energy: float, key: str) -> Structure:
+        numbers = [{"Cu": 29, "Ag": 47, "Sb": 51}[x] for x in symbols]
+        return Structure(
+            key=key,
+            domain="material",
+            atomic_numbers=np.array(numbers),
+            positions=np.arange(3 * len(numbers), dtype=float).reshape(-1, 3) * 2.0,
+            level_of_theory="chgnet",
+            energy=energy,
+        )
+
+    rng = np.random.default_rng(0)
+    training = [
+        crystal(["Cu"] * int(a) + ["Ag"] * int(b), -3.5 * a - 2.8 * b + rng.normal(0, 0.01), f"t{i}")
+        for i, (a, b) in enumerate(rng.integers(1, 5, size=(30, 2)))
+    ]
+    training.append(crystal(["Sb", "Cu"], -4.0 - 3.5 + 2 * 6.0, "outlier"))  # 6 eV/atom high
+    held_out = [crystal(["Sb"] * 4, 4 * -4.0, "h0"), crystal(["Cu", "Ag"], -6.3, "h1")]
+    plain = ReferenceBaseline(training, fitted_on="t")
+    ridge = ReferenceBaseline(training, fitted_on="t", name="reference-ridge+zero-force", held_out=held_out)
+    antimony = held_out[0]
+    assert abs(plain.energy(antimony) - antimony.energy) > 40  # +12 eV on Sb, 4 atoms
+    assert abs(ridge.energy(antimony) - antimony.energy) < abs(plain.energy(antimony) - antimony.energy) / 3
+    assert ridge.identity()["config"]["ridge"]["chgnet"] > 0 and plain.identity()["config"]["ridge"] == {}
+    # files have no val split to choose on: named, not guessed
+    assert atomfm(["eval", "--ridge-baseline", "--data", str(labelled_file), "--out", str(tmp_path)]) == 2
+    assert "--ridge-baseline" in capsys.readouterr().err
+
+
 def test_missing_data_and_checkpoint_are_named(labelled_file, tmp_path, capsys):
     assert (
         atomfm(["eval", "--baseline", "--data", str(tmp_path / "none.extxyz"), "--out", str(tmp_path)]) == 2
