@@ -43,7 +43,7 @@ PHYSICS_OPTIONS_2 := --task-option relaxation.max_structures=2
 # the recipe's length: the product's conservative stage runs PRODUCT_STEPS; the pretrained-versus-scratch pair
 # runs COMPARE_STEPS each (the same config, the same batches, from the direct stage and from random weights).
 # Measured: docs/training.md, "The demo recipe": 1,500 product steps make molecule forces 3× better than zero
-# force; about 19 minutes in all on a fast 2-core machine, about 30 on the slower ones measured before.
+# force; about 17 minutes in all on a fast 2-core machine, about 32 on the slower ones measured before.
 DIRECT_STEPS ?= 180
 PRODUCT_STEPS ?= 1500
 COMPARE_STEPS ?= 150
