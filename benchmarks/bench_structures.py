@@ -17,6 +17,7 @@ from ase import Atoms
 from ase.build import bulk
 
 from data_pipeline.corpus_reader import read_split
+from data_pipeline.manifest import read_manifest
 from data_pipeline.schema import BadInputError, Structure
 from data_pipeline.sources.drug_molecules import drug_molecules, fetch_minidrugbank
 
@@ -45,13 +46,16 @@ def ligands(count: int) -> list[Atoms]:
 
 
 def protein(min_atoms: int | None = None) -> list[Atoms]:
-    """The first protein frame of the demo corpus's validation split (2,362 atoms with hydrogens, amber14);
-    with ``min_atoms``, only its first residues, as few as make at least that many atoms."""
+    """The first protein frame of the demo corpus's validation split, or of its training split where it has
+    no validation proteins (since 2026-12-02 its 8 chains are all training; amber14, with hydrogens); with
+    ``min_atoms``, only its first residues, as few as make at least that many atoms."""
     if not (DEMO_CORPUS / "manifest.json").is_file():
         raise BadInputError(
             "no demo corpus: build it with `atomfm data demo --out data/demo`", path=str(DEMO_CORPUS)
         )
-    frame = next(read_split([str(DEMO_CORPUS)], "val", source="proteins"))
+    splits = {info.split for info in read_manifest(str(DEMO_CORPUS)).select(source="proteins")}
+    split = "val" if "val" in splits else "train"
+    frame = next(read_split([str(DEMO_CORPUS)], split, source="proteins"))
     atoms = structure_to_atoms(frame)
     if min_atoms is not None and len(atoms) > min_atoms:
         residues = atoms.arrays["residuenumbers"]
