@@ -2,9 +2,10 @@
 
 For each task t and domain d, the loss is the mean of the task's items (atoms or structures) of that domain
 over the *global* batch (all ranks); a task's loss is the mean over the domains present (weighted by the
-task's ``domain_weights`` when it has them); the total is the weighted sum over tasks. Each rank's differentiable loss carries its own items divided by the global counts
-and is scaled by the world size, so that the engines' gradient averaging yields exactly the gradient of the
-global-batch loss: two ranks give the same gradients as one process seeing both halves.
+task's ``domain_weights`` when it has them); the total is the weighted sum over tasks. Each rank's
+differentiable loss carries its own items divided by the global counts and is scaled by the world size, so
+that the engines' gradient averaging yields exactly the gradient of the global-batch loss: two ranks give the
+same gradients as one process seeing both halves.
 """
 
 from __future__ import annotations
