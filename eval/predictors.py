@@ -30,7 +30,7 @@ from model.atomfm import AtomFM
 from model.checkpoint_io import load_model
 from model.checkpoint_layout import CheckpointFolder, resolve_checkpoint
 from model.predict import Prediction, force_kind, predict_structures
-from model.reference_energies import CompositionLeastSquares, choose_ridge, composition_arrays
+from model.reference_energies import energy_labels, fit_with_ridge
 
 
 def structure_to_atoms(s: Structure) -> Atoms:
@@ -171,16 +171,6 @@ class CalculatorPredictor:
             yield s, Prediction(energy, forces, stress)
 
 
-def _energy_labels(structures: Iterable[Structure]) -> tuple[list[np.ndarray], list[float], list[str]]:
-    numbers, energies, levels = [], [], []
-    for s in structures:
-        if s.energy is not None:
-            numbers.append(np.asarray(s.atomic_numbers, dtype=np.int64))
-            energies.append(float(s.energy))
-            levels.append(s.level_of_theory)
-    return numbers, energies, levels
-
-
 class ReferenceBaseline:
     """The trivial model: per-element linear reference energies per level of theory (least squares on the
     training split), zero forces and zero stress.
@@ -199,17 +189,14 @@ class ReferenceBaseline:
         name: str = "reference+zero-force",
         held_out: Iterable[Structure] | None = None,
     ) -> None:
-        numbers, energies, levels = _energy_labels(training)
-        if not energies:
+        labels = energy_labels(training)
+        if not labels[1]:
             raise BadInputError("no energy labels to fit the reference-energy baseline on", path=fitted_on)
-        held = _energy_labels(held_out) if held_out is not None else ([], [], [])
-        self.levels = extend_levels(LEVELS_OF_THEORY, set(levels) | set(held[2]))
-        fit = CompositionLeastSquares(len(self.levels))
-        counts, level_ids = composition_arrays(numbers, levels, self.levels)
-        fit.add(counts, np.asarray(energies, dtype=np.float64), level_ids)
-        self.ridge = choose_ridge(fit, *held, vocabulary=self.levels)
-        self.table = fit.solve(self.ridge).numpy()
-        self.fitted_on, self.structures, self.name = fitted_on, len(energies), name
+        held = energy_labels(held_out) if held_out is not None else None
+        self.levels = extend_levels(LEVELS_OF_THEORY, set(labels[2]) | set(held[2] if held else ()))
+        table, self.ridge = fit_with_ridge(labels, self.levels, "auto" if held else 0.0, held)
+        self.table = table.numpy()
+        self.fitted_on, self.structures, self.name = fitted_on, len(labels[1]), name
 
     def identity(self) -> dict[str, Any]:
         return {

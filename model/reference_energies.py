@@ -13,7 +13,7 @@ antimony's plain fit is +23 eV, from one prototype CHGNet puts 6 eV/atom above t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -179,6 +179,41 @@ def choose_ridge(
         errors = [np.mean(np.abs(energies[rows] - counts[rows] @ t[level]) / atoms[rows]) for t in tables]
         chosen[level] = grid[int(np.argmin(errors))]
     return chosen
+
+
+EnergyLabels = tuple[list[np.ndarray], list[float], list[str]]
+
+
+def energy_labels(structures: Iterable[Any], residual: Callable[[Any], float] | None = None) -> EnergyLabels:
+    """Atomic numbers, energies (eV, less ``residual(s)`` when given) and level names of every
+    energy-labelled structure (``data_pipeline.schema.Structure``) of ``structures``."""
+    numbers: list[np.ndarray] = []
+    energies: list[float] = []
+    levels: list[str] = []
+    for s in structures:
+        if s.energy is not None:
+            numbers.append(np.asarray(s.atomic_numbers, dtype=np.int64))
+            energies.append(float(s.energy) - (residual(s) if residual is not None else 0.0))
+            levels.append(s.level_of_theory)
+    return numbers, energies, levels
+
+
+def fit_with_ridge(
+    labels: EnergyLabels,
+    vocabulary: Sequence[str],
+    ridge: float | str = 0.0,
+    held_out: EnergyLabels | None = None,
+) -> tuple[Tensor, np.ndarray]:
+    """The table [len(vocabulary), 119] and λ per level: ``ridge`` for every level, or ``"auto"``:
+    :func:`choose_ridge` on ``held_out`` (plain least squares for a level with none held out)."""
+    fit = CompositionLeastSquares(len(vocabulary))
+    counts, level_ids = composition_arrays(labels[0], labels[2], vocabulary)
+    fit.add(counts, np.asarray(labels[1], dtype=np.float64), level_ids)
+    if ridge == "auto":
+        lambdas = choose_ridge(fit, *(held_out or ([], [], [])), vocabulary=vocabulary)
+    else:
+        lambdas = np.full(len(vocabulary), float(ridge))
+    return fit.solve(lambdas), lambdas
 
 
 def table_from_dict(

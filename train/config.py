@@ -110,7 +110,7 @@ class ModelSection:
     activation_checkpointing: bool = BackboneConfig.activation_checkpointing
     fit_reference_energies: bool = True  # per-element reference energies per level of theory, from the corpus
     # their fit's ridge towards each level's mean energy per atom: "auto" (chosen per level on the
-    # validation split), or λ ≥ 0 (0: plain least squares); docs/training.md, "Reference energies"
+    # validation split), or λ ≥ 0 (0: plain least squares); docs/training.md, "The config"
     reference_ridge: float | str = "auto"
     init_from: str | None = (
         None  # start from these weights (export, checkpoint or run folder); no optimiser state

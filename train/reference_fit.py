@@ -12,14 +12,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from data_pipeline.corpus_reader import read_split
 from data_pipeline.manifest import read_manifest
 from data_pipeline.schema import BadInputError, Structure
-from data_pipeline.vocab import LEVELS_OF_THEORY, level_key
-from model.reference_energies import CompositionLeastSquares, choose_ridge, composition_arrays
+from data_pipeline.vocab import LEVELS_OF_THEORY, level_index, level_key
+from model.reference_energies import energy_labels, fit_with_ridge
 
 
 @dataclass
@@ -48,37 +47,19 @@ def fit_reference_energies_on_corpus(
     ``held_out_split`` structures of that level best (plain least squares for a level with none)."""
     vocabulary = list(LEVELS_OF_THEORY[:levels]) if isinstance(levels, int) else list(levels)
     skipped: Counter = Counter()
-    numbers, energies, names = _labelled(corpus, split, residual, skipped)
-    if not energies:
+    labels = energy_labels(read_split(corpus, split, skipped=skipped), residual)
+    if not labels[1]:
         return ReferenceFit(torch.zeros(len(vocabulary), 119, dtype=torch.float64), 0, skipped["decode"])
-    fit = CompositionLeastSquares(len(vocabulary))
-    counts, level_ids = composition_arrays(numbers, names, vocabulary)
-    fit.add(counts, np.asarray(energies, dtype=np.float64), level_ids)
+    held = None
     if ridge == "auto":
         try:
-            held = _labelled(corpus, held_out_split, residual, Counter())
+            held = energy_labels(read_split(corpus, held_out_split), residual)
         except BadInputError:  # the corpus has no such split: plain least squares
-            held = ([], [], [])
-        lambdas = choose_ridge(fit, *held, vocabulary=vocabulary)
-    else:
-        lambdas = np.full(len(vocabulary), float(ridge))
-    chosen = {vocabulary[i]: float(lambdas[i]) for i in np.flatnonzero(fit.num_structures)}
-    return ReferenceFit(fit.solve(lambdas), len(energies), skipped["decode"], chosen)
-
-
-def _labelled(
-    corpus: list[str], split: str, residual: Callable[[Structure], float] | None, skipped: Counter
-) -> tuple[list[np.ndarray], list[float], list[str]]:
-    """Atomic numbers, energies (less ``residual``) and levels of every energy-labelled structure of ``split``."""
-    numbers: list[np.ndarray] = []
-    energies: list[float] = []
-    names: list[str] = []
-    for s in read_split(corpus, split, skipped=skipped):
-        if s.energy is not None:
-            numbers.append(np.asarray(s.atomic_numbers, dtype=np.int64))
-            energies.append(float(s.energy) - (residual(s) if residual is not None else 0.0))
-            names.append(s.level_of_theory)
-    return numbers, energies, names
+            held = None
+    table, lambdas = fit_with_ridge(labels, vocabulary, ridge, held)
+    fitted = sorted({level_index(name, vocabulary) for name in labels[2]})
+    chosen = {vocabulary[i]: float(lambdas[i]) for i in fitted}
+    return ReferenceFit(table, len(labels[1]), skipped["decode"], chosen)
 
 
 def corpus_levels(corpus: list[str], split: str) -> set[str]:
